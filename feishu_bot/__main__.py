@@ -1,0 +1,95 @@
+"""Entry point: `feishu-bot [run|check]`, `feishu-bot --version`, `python -m feishu_bot`.
+
+Exit codes: 0 clean stop, 1 runtime failure, 2 bad configuration or environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from feishu_bot import __version__
+from feishu_bot.config import Settings, load_settings
+from feishu_bot.errors import ConfigError
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="feishu-bot", description="Use the Claude Code CLI from Feishu/Lark chats."
+    )
+    parser.add_argument("--version", action="version", version=f"feishu-bot {__version__}")
+    parser.add_argument(
+        "--env-file", default=".env", help="dotenv file to read (environment wins; default .env)"
+    )
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("run", help="run the bot in the foreground (default)")
+    sub.add_parser("check", help="validate configuration and environment, print it masked")
+    return parser
+
+
+def _load(env_file: str) -> Settings | None:
+    try:
+        return load_settings(env_file or None)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"config error: {problem}", file=sys.stderr)
+        return None
+
+
+def _check(settings: Settings) -> int:
+    from feishu_bot.checks import run_checks
+
+    print(f"feishu-bot {__version__}: effective configuration")
+    for name, value in settings.masked().items():
+        print(f"  {name}={value}")
+    problems = run_checks(settings)
+    for problem in problems:
+        print(f"check failed: {problem}", file=sys.stderr)
+    if problems:
+        return EXIT_CONFIG
+    print("all checks passed")
+    return EXIT_OK
+
+
+def _run(settings: Settings) -> int:
+    from feishu_bot.app import run_app
+    from feishu_bot.checks import check_environment
+    from feishu_bot.log import configure_logging
+
+    problems = check_environment(settings)
+    if problems:
+        for problem in problems:
+            print(f"config error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(
+        level=settings.LOG_LEVEL,
+        log_dir=settings.LOG_DIR or None,
+        json_lines=settings.LOG_JSON,
+        secrets=[settings.FEISHU_APP_SECRET.get_secret_value()],
+    )
+    try:
+        return asyncio.run(run_app(settings))
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = _load(args.env_file)
+    if settings is None:
+        return EXIT_CONFIG
+    if args.command == "check":
+        return _check(settings)
+    return _run(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

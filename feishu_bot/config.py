@@ -1,0 +1,138 @@
+"""Typed configuration from the environment and `.env`.
+
+`load_settings()` validates once; the resulting `Settings` is passed down explicitly and never
+read from a global. Variable names and defaults are a public contract (see README).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from feishu_bot.errors import ConfigError
+
+__all__ = ["PERMISSION_MODES", "Settings", "load_settings"]
+
+PERMISSION_MODES = ("default", "acceptEdits", "plan", "bypassPermissions", "dontAsk", "auto")
+LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every setting of the bot; field names are the environment variable names."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=True,
+        frozen=True,
+    )
+
+    FEISHU_APP_ID: str = Field(min_length=1)
+    FEISHU_APP_SECRET: SecretStr
+    FEISHU_DOMAIN: str = "https://open.feishu.cn"
+    FEISHU_ALLOWED_USERS: Annotated[list[str], NoDecode] = []
+    FEISHU_ALLOWED_CHATS: Annotated[list[str], NoDecode] = []
+    FEISHU_ALLOW_ALL: bool = False
+
+    CLAUDE_BIN: str = "claude"
+    CLAUDE_MAX_CONCURRENT: int = Field(5, ge=1)
+    CLAUDE_QUEUE_MAX: int = Field(20, ge=0)
+    CLAUDE_TIMEOUT: float = Field(600.0, gt=0)
+    CLAUDE_MAX_RETRIES: int = Field(2, ge=0)
+    CLAUDE_RETRY_DELAY: float = Field(2.0, ge=0)
+    CLAUDE_WORKDIR: Path = Path("./workspace")
+    CLAUDE_PERMISSION_MODE: str = "acceptEdits"
+    CLAUDE_ALLOWED_TOOLS: str = ""
+    CLAUDE_MODEL: str = ""
+
+    DATABASE_PATH: Path = Path("./data/feishu_bot.db")
+    SESSION_STALE_HOURS: float = Field(24.0, gt=0)
+
+    HEALTH_INTERVAL: float = Field(30.0, gt=0)
+    HEALTH_PORT: int = Field(0, ge=0, le=65535)
+    HEALTH_HOST: str = "127.0.0.1"
+    SHUTDOWN_GRACE: float = Field(20.0, ge=0)
+
+    LOG_LEVEL: str = "INFO"
+    LOG_DIR: str = "./logs"
+    LOG_JSON: bool = False
+
+    @field_validator("FEISHU_ALLOWED_USERS", "FEISHU_ALLOWED_CHATS", mode="before")
+    @classmethod
+    def _csv(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("FEISHU_APP_SECRET")
+    @classmethod
+    def _secret_not_empty(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("FEISHU_DOMAIN")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("CLAUDE_PERMISSION_MODE")
+    @classmethod
+    def _permission_mode(cls, value: str) -> str:
+        if value not in PERMISSION_MODES:
+            raise ValueError(f"must be one of {', '.join(PERMISSION_MODES)}")
+        return value
+
+    @field_validator("LOG_LEVEL")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return value.upper()
+
+    @property
+    def allowed_tools(self) -> list[str]:
+        return _split_csv(self.CLAUDE_ALLOWED_TOOLS)
+
+    def masked(self) -> dict[str, str]:
+        """The effective configuration for display, with secrets masked."""
+        shown: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                raw = value.get_secret_value()
+                text = "**** (set)" if raw else ""
+            elif isinstance(value, list):
+                text = ",".join(value)
+            else:
+                text = str(value)
+            shown[name] = text
+        return shown
+
+
+def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
+    """Validate the configuration once; raise ConfigError with one line per bad variable."""
+    try:
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = ".".join(str(part) for part in err["loc"]) or "configuration"
+            if err["type"] == "missing":
+                problems.append(f"{name}: required but not set")
+            elif "SECRET" in name:
+                problems.append(f"{name}: {err['msg']}")  # never echo a secret value
+            else:
+                problems.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError(problems) from None

@@ -1,0 +1,97 @@
+"""One exception tree for the bot.
+
+Exceptions carry data (exit code, stderr tail, counts), never user-facing sentences: turning an
+exception into words for a chat is `dispatch`'s job alone.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BotError",
+    "ClaudeError",
+    "CliNotFound",
+    "ConfigError",
+    "FeishuApiError",
+    "PermanentCliError",
+    "QueueFull",
+    "StaleSession",
+    "TransientCliError",
+    "TurnCancelled",
+    "TurnTimeout",
+]
+
+
+class BotError(Exception):
+    """Root of every error the bot raises on purpose."""
+
+
+class ConfigError(BotError):
+    """Invalid configuration; `problems` holds one line per bad variable."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+class ClaudeError(BotError):
+    """A Claude turn failed. `attempts` counts CLI runs made for the turn."""
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        exit_code: int | None = None,
+        stderr_tail: str = "",
+        result_errors: tuple[str, ...] = (),
+        attempts: int = 1,
+        partial_text: str = "",
+    ) -> None:
+        super().__init__(message or self.__class__.__name__)
+        self.exit_code = exit_code
+        self.stderr_tail = stderr_tail
+        self.result_errors = result_errors
+        self.attempts = attempts
+        self.partial_text = partial_text
+
+
+class CliNotFound(ClaudeError):
+    """CLAUDE_BIN does not exist or is not executable."""
+
+
+class PermanentCliError(ClaudeError):
+    """A failure that retrying cannot fix (bad argument, root + bypass, max turns)."""
+
+
+class TransientCliError(ClaudeError):
+    """A failure worth retrying (API error after the CLI's own retries, crash, signal)."""
+
+
+class StaleSession(ClaudeError):
+    """The stored session no longer exists on disk (`No conversation found ...`)."""
+
+
+class TurnTimeout(ClaudeError):
+    """An attempt ran longer than CLAUDE_TIMEOUT and its process tree was killed."""
+
+
+class TurnCancelled(ClaudeError):
+    """The turn was stopped by /stop or by shutdown."""
+
+
+class QueueFull(BotError):
+    """Every slot is busy and the wait queue is full."""
+
+    def __init__(self, active: int, max_active: int, queued: int) -> None:
+        super().__init__(f"busy: {active}/{max_active} running, {queued} queued")
+        self.active = active
+        self.max_active = max_active
+        self.queued = queued
+
+
+class FeishuApiError(BotError):
+    """A Feishu REST call failed for good (after retries)."""
+
+    def __init__(self, message: str, *, status: int = 0, code: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code

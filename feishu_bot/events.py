@@ -1,0 +1,97 @@
+"""Frozen values that cross module boundaries.
+
+Nothing here does I/O; raw `lark_oapi` objects and raw CLI JSON never appear in these types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "ClaudeEvent",
+    "InboundMessage",
+    "TurnRequest",
+    "TurnResult",
+    "conversation_key",
+]
+
+
+def conversation_key(chat_id: str, chat_type: str, thread_root: str | None) -> str:
+    """The identity of a conversation: a p2p chat, a group chat, or one topic of a group.
+
+    Each key has its own Claude session, working directory and queue.
+    """
+    if thread_root:
+        return f"thread:{chat_id}:{thread_root}"
+    return f"{'p2p' if chat_type == 'p2p' else 'group'}:{chat_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """One Feishu message, already parsed into plain text.
+
+    `text` is None when the message type is not supported (image, file, …); then `msg_type`
+    says what it was. `thread_root` is set when the message belongs to a thread/topic.
+    """
+
+    message_id: str
+    chat_id: str
+    chat_type: str  # "p2p" or "group"
+    sender_open_id: str
+    msg_type: str
+    text: str | None
+    mentioned_bot: bool = False
+    thread_root: str | None = None
+    create_time_ms: int = 0
+
+    @property
+    def conversation_key(self) -> str:
+        return conversation_key(self.chat_id, self.chat_type, self.thread_root)
+
+    @property
+    def in_thread(self) -> bool:
+        return self.thread_root is not None
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRequest:
+    """What the launcher needs to run one Claude turn for one conversation."""
+
+    conversation_key: str
+    prompt: str
+    workdir: Path
+    session_id: str | None = None
+    model: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaudeEvent:
+    """One parsed stream-json line, reduced to what the bot uses.
+
+    kind: "init" (session_id set), "text" (text = the assistant text so far in this turn),
+    "tool" (tool name in `text`), "api_retry", "result", "other".
+    """
+
+    kind: str
+    session_id: str | None = None
+    text: str = ""
+    raw_type: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TurnResult:
+    """The outcome of one turn, judged by the CLI's result object, not its exit code."""
+
+    text: str
+    session_id: str | None
+    is_error: bool
+    subtype: str = ""
+    errors: tuple[str, ...] = ()
+    cost_usd: float = 0.0
+    duration_ms: int = 0
+    num_turns: int = 0
+    attempts: int = 1
+    exit_code: int | None = None
+    stale_session_reset: bool = False
+    extra: dict[str, object] = field(default_factory=dict)
