@@ -1,0 +1,248 @@
+"""The composition root: the only place that builds services and wires them together.
+
+Lifetimes hang on one AsyncExitStack (torn down in reverse). Shutdown order on SIGTERM/SIGINT:
+stop taking events (gateway first), let running turns finish for SHUTDOWN_GRACE seconds, cancel
+what is left (users are told), then close the launcher, the replier and the store. A second
+signal skips the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from feishu_bot import __version__
+from feishu_bot.config import Settings
+from feishu_bot.errors import FeishuApiError
+
+__all__ = ["Bot", "run_app"]
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+
+class Bot:
+    """One running bot. `run()` returns the process exit code."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._stop = asyncio.Event()
+        self._force = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.dispatcher: Any = None
+        self.gateway: Any = None
+        self.launcher: Any = None
+        self.store: Any = None
+
+    def request_stop(self) -> None:
+        """First call: graceful stop. Second call: skip the grace period."""
+        if self._stop.is_set():
+            logger.warning("second stop signal: stopping now")
+            self._force.set()
+        else:
+            logger.info(
+                "stop requested: finishing running turns (up to {}s)", self.settings.SHUTDOWN_GRACE
+            )
+            self._stop.set()
+
+    async def run(self) -> int:
+        try:
+            async with AsyncExitStack() as stack:
+                code = await self._start(stack)
+                if code != EXIT_OK:
+                    return code
+                self.ready.set()
+                await self._stop.wait()
+                await self._drain()
+            logger.info("feishu-bot stopped")
+            return EXIT_OK
+        except FeishuApiError as exc:
+            logger.error(
+                "Feishu refused the app credentials or the call: {} (code {})", exc, exc.code
+            )
+            return EXIT_CONFIG
+
+    async def _start(self, stack: AsyncExitStack) -> int:
+        from database.store import SessionStore
+        from feishu_bot.claude.launcher import Launcher, LauncherConfig
+        from feishu_bot.context import BotContext
+        from feishu_bot.dispatch import Dispatcher
+        from feishu_bot.feishu.access import AccessPolicy, RefusalLimiter
+        from feishu_bot.feishu.gateway import FeishuGateway
+        from feishu_bot.feishu.progress import ReplyStream
+        from feishu_bot.feishu.replier import FeishuReplier
+        from feishu_bot.health import HealthMonitor
+        from feishu_bot.turns import TurnRegistry
+
+        s = self.settings
+        logger.info("feishu-bot {} starting (domain {})", __version__, s.FEISHU_DOMAIN)
+        workdir_root = Path(s.CLAUDE_WORKDIR).expanduser().resolve()
+        workdir_root.mkdir(parents=True, exist_ok=True)
+
+        store = await SessionStore.open(s.DATABASE_PATH)
+        stack.push_async_callback(store.close)
+        self.store = store
+        cleared = await store.wipe_stale_sessions(s.SESSION_STALE_HOURS)
+        logger.info(
+            "Cleared {} Claude session IDs inactive for {:g}h+", cleared, s.SESSION_STALE_HOURS
+        )
+        await store.prune_processed(7)
+
+        replier = FeishuReplier(
+            app_id=s.FEISHU_APP_ID,
+            app_secret=s.FEISHU_APP_SECRET.get_secret_value(),
+            domain=s.FEISHU_DOMAIN,
+        )
+        stack.push_async_callback(replier.aclose)
+        bot_info = await replier.bot_info()
+        bot_open_id = str(bot_info.get("open_id", ""))
+        logger.info("bot identity: {} ({})", bot_info.get("app_name", "?"), bot_open_id)
+
+        launcher = Launcher(LauncherConfig.from_settings(s), store)
+        stack.push_async_callback(launcher.aclose)
+        self.launcher = launcher
+
+        turns = TurnRegistry()
+        stack.push_async_callback(turns.aclose)
+
+        ctx = BotContext(
+            settings=s,
+            store=store,
+            launcher=launcher,
+            replier=replier,
+            turns=turns,
+            workdir_root=workdir_root,
+            gateway_status=self._gateway_status,
+        )
+        self._ctx = ctx
+        dispatcher = Dispatcher(
+            ctx,
+            bot_open_id=bot_open_id,
+            access=AccessPolicy(s.FEISHU_ALLOWED_USERS, s.FEISHU_ALLOWED_CHATS, s.FEISHU_ALLOW_ALL),
+            refusals=RefusalLimiter(),
+            stream_factory=ReplyStream,
+        )
+        self.dispatcher = dispatcher
+        if not (s.FEISHU_ALLOW_ALL or s.FEISHU_ALLOWED_USERS or s.FEISHU_ALLOWED_CHATS):
+            logger.warning(
+                "no one is allowed to use the bot: set FEISHU_ALLOWED_USERS, FEISHU_ALLOWED_CHATS "
+                "or FEISHU_ALLOW_ALL"
+            )
+        await self._recover(dispatcher)
+
+        loop = asyncio.get_running_loop()
+        gateway = FeishuGateway(
+            app_id=s.FEISHU_APP_ID,
+            app_secret=s.FEISHU_APP_SECRET.get_secret_value(),
+            domain=s.FEISHU_DOMAIN,
+            on_event=dispatcher.submit,
+            loop=loop,
+        )
+        self.gateway = gateway
+        await gateway.start()
+        stack.push_async_callback(gateway.stop)
+
+        monitor = HealthMonitor(
+            s.HEALTH_INTERVAL, launcher_stats=launcher.stats, extras=self._health_extras
+        )
+        health_task = loop.create_task(monitor.run(), name="health")
+        stack.push_async_callback(_cancel_and_wait, health_task)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+            stack.callback(loop.remove_signal_handler, sig)
+        logger.info(
+            "feishu-bot ready: max {} concurrent claude processes, queue {}, timeout {:g}s",
+            s.CLAUDE_MAX_CONCURRENT,
+            s.CLAUDE_QUEUE_MAX,
+            s.CLAUDE_TIMEOUT,
+        )
+        return EXIT_OK
+
+    async def _recover(self, dispatcher: Any) -> None:
+        """Finish what a crash left in the journal: re-run queued turns, report running ones."""
+        from feishu_bot.dispatch import INTERRUPTED_TEXT
+        from feishu_bot.events import InboundMessage
+
+        pending = await self.store.pending_turns()
+        if not pending:
+            return
+        logger.warning("recovering {} unfinished turns from the journal", len(pending))
+        for turn in pending:
+            chat_type, thread_root = _split_key(turn.conversation_key)
+            if turn.status == "running":
+                await self.store.update_turn(turn.id, status="interrupted", error="bot restarted")
+                try:
+                    await self._ctx.replier.reply_text(
+                        turn.message_id, INTERRUPTED_TEXT, in_thread=bool(turn.reply_in_thread)
+                    )
+                except Exception:
+                    logger.exception("could not tell the user about interrupted turn {}", turn.id)
+                continue
+            msg = InboundMessage(
+                message_id=turn.message_id,
+                chat_id=turn.chat_id,
+                chat_type=chat_type,
+                sender_open_id="",
+                msg_type="text",
+                text=turn.prompt,
+                mentioned_bot=True,
+                thread_root=thread_root,
+            )
+            dispatcher.resume_turn(msg, turn.id)
+
+    async def _drain(self) -> None:
+        turns = self._ctx.turns
+        if self.gateway is not None:
+            await self.gateway.stop()
+        self.dispatcher.stop_accepting()
+        grace = self.settings.SHUTDOWN_GRACE
+        stop_wait = asyncio.ensure_future(self._force.wait())
+        idle = asyncio.ensure_future(turns.wait_idle(grace))
+        await asyncio.wait({stop_wait, idle}, return_when=asyncio.FIRST_COMPLETED)
+        stop_wait.cancel()
+        if not (idle.done() and idle.result()):
+            idle.cancel()
+            cancelled = turns.cancel_all("shutdown")
+            logger.warning("shutdown: interrupting {} turns still running or queued", cancelled)
+            await turns.wait_idle(self.launcher_kill_budget())
+
+    def launcher_kill_budget(self) -> float:
+        return 15.0
+
+    def _gateway_status(self) -> dict[str, Any]:
+        gateway = self.gateway
+        if gateway is None:
+            return {"connected": False, "reconnects": 0}
+        return {"connected": bool(gateway.connected), "reconnects": int(gateway.reconnects)}
+
+    def _health_extras(self) -> dict[str, Any]:
+        status = self._gateway_status()
+        counters = self.dispatcher.counters if self.dispatcher else None
+        return {
+            "ws": "up" if status["connected"] else "down",
+            "reconnects": status["reconnects"],
+            "dup": counters.duplicates_dropped if counters else 0,
+        }
+
+
+def _split_key(key: str) -> tuple[str, str | None]:
+    kind, _, rest = key.partition(":")
+    if kind == "thread":
+        _, _, root = rest.partition(":")
+        return "group", root or None
+    return ("p2p" if kind == "p2p" else "group"), None
+
+
+async def _cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def run_app(settings: Settings) -> int:
+    """Run the bot until SIGTERM/SIGINT; returns the exit code."""
+    return await Bot(settings).run()
