@@ -23,6 +23,7 @@ from feishu_bot.errors import FeishuApiError
 __all__ = ["Bot", "run_app"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+KILL_BUDGET_S = 15.0
 
 
 class Bot:
@@ -76,6 +77,8 @@ class Bot:
         from feishu_bot.feishu.progress import ReplyStream
         from feishu_bot.feishu.replier import FeishuReplier
         from feishu_bot.health import HealthMonitor
+        from feishu_bot.health_http import HealthServer
+        from feishu_bot.metrics import BotMetrics
         from feishu_bot.turns import TurnRegistry
 
         s = self.settings
@@ -117,6 +120,7 @@ class Bot:
             turns=turns,
             workdir_root=workdir_root,
             gateway_status=self._gateway_status,
+            metrics=BotMetrics(self._metrics_snapshot),
         )
         self._ctx = ctx
         dispatcher = Dispatcher(
@@ -151,6 +155,17 @@ class Bot:
         )
         health_task = loop.create_task(monitor.run(), name="health")
         stack.push_async_callback(_cancel_and_wait, health_task)
+
+        if s.HEALTH_PORT:
+            server = HealthServer(
+                host=s.HEALTH_HOST,
+                port=s.HEALTH_PORT,
+                status=self.health_status,
+                metrics=ctx.metrics,
+            )
+            await server.start()
+            stack.push_async_callback(server.stop)
+            logger.info("health endpoint on http://{}:{}/healthz", s.HEALTH_HOST, server.port)
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
@@ -209,10 +224,44 @@ class Bot:
             idle.cancel()
             cancelled = turns.cancel_all("shutdown")
             logger.warning("shutdown: interrupting {} turns still running or queued", cancelled)
-            await turns.wait_idle(self.launcher_kill_budget())
+            # cancelled turns kill their process trees (SIGTERM, grace, SIGKILL) before ending
+            await turns.wait_idle(KILL_BUDGET_S)
 
-    def launcher_kill_budget(self) -> float:
-        return 15.0
+    def _metrics_snapshot(self) -> dict[str, Any]:
+        status = self._gateway_status()
+        stats = self.launcher.stats() if self.launcher else None
+        counters = self.dispatcher.counters if self.dispatcher else None
+        return {
+            "active": stats.active if stats else 0,
+            "queued": stats.queued if stats else 0,
+            "max": stats.max_concurrent if stats else 0,
+            "retried": stats.retried if stats else 0,
+            "stale": stats.stale_cleared if stats else 0,
+            "ws": status["connected"],
+            "reconnects": status["reconnects"],
+            "duplicates": counters.duplicates_dropped if counters else 0,
+            "uptime": self._ctx.uptime_s if hasattr(self, "_ctx") else 0.0,
+        }
+
+    async def health_status(self) -> dict[str, Any]:
+        """The body of /healthz: healthy when the websocket is up and the database answers."""
+        snap = self._metrics_snapshot()
+        try:
+            db_ok = bool(await self.store.ping()) if self.store else False
+        except Exception:
+            db_ok = False
+        healthy = bool(snap["ws"]) and db_ok and not self._stop.is_set()
+        return {
+            "healthy": healthy,
+            "version": __version__,
+            "websocket": {"connected": bool(snap["ws"]), "reconnects": snap["reconnects"]},
+            "database": {"ok": db_ok},
+            "active": snap["active"],
+            "max_concurrent": snap["max"],
+            "queued": snap["queued"],
+            "uptime_s": round(snap["uptime"], 1),
+            "stopping": self._stop.is_set(),
+        }
 
     def _gateway_status(self) -> dict[str, Any]:
         gateway = self.gateway

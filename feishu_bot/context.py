@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from feishu_bot.metrics import BotMetrics
+
 if TYPE_CHECKING:
     from database.store import SessionStore
     from feishu_bot.claude.launcher import Launcher
@@ -30,6 +32,7 @@ class BotContext:
     workdir_root: Path
     started_at: float = field(default_factory=time.monotonic)
     gateway_status: Callable[[], dict[str, Any]] = dict
+    metrics: BotMetrics = field(default_factory=BotMetrics)
 
     @property
     def uptime_s(self) -> float:

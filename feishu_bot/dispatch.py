@@ -333,6 +333,12 @@ class Dispatcher:
         exc: BaseException | None = None,
     ) -> None:
         partial = exc.partial_text if isinstance(exc, ClaudeError) else None
+        outcome = status
+        if isinstance(exc, QueueFull):
+            outcome = "busy"
+        elif isinstance(exc, TurnTimeout):
+            outcome = "timeout"
+        self._ctx.metrics.turn_finished(outcome)
         try:
             if stream is not None:
                 await stream.fail(text, partial_text=partial or None)

@@ -6,6 +6,7 @@ them into words for the user and into a journal status.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -69,11 +70,13 @@ async def run_chat_turn(
     )
 
     seen_output = False
+    accepted_at = time.monotonic()
 
     async def on_event(event: ClaudeEvent) -> None:
         nonlocal seen_output
         if not seen_output:
             seen_output = True
+            ctx.metrics.turn_started(time.monotonic() - accepted_at)
             if on_first_event is not None:
                 on_first_event(event)
             await ctx.store.update_turn(turn_id, status="running")
@@ -84,6 +87,7 @@ async def run_chat_turn(
     result = await ctx.launcher.run(request, on_event=on_event, on_queued=stream.queued)
     final_text = result.text or "(Claude finished without any text.)"
     await stream.finish(final_text, note=turn_note(result))
+    ctx.metrics.turn_finished("ok", time.monotonic() - accepted_at)
     # The answer is delivered: bookkeeping failures from here on must not produce a second,
     # contradicting reply, so they are logged rather than raised to the error boundary.
     try:

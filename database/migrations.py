@@ -1,0 +1,154 @@
+"""The schema, as an ordered list of migration steps versioned by `PRAGMA user_version`.
+
+`STEPS[n - 1]` upgrades a database from version n-1 to version n; version 0 is an empty file.
+To add version 2, write one `async def _v2_...(conn)` and append it to `STEPS`; never edit a
+step that has shipped, because files in the field already ran it.
+
+Invariants:
+- All pending steps run in ONE `BEGIN IMMEDIATE` transaction together with the
+  `user_version` bumps, so a failed or interrupted upgrade leaves the file at its old version
+  with none of the new step's changes (SQLite DDL is transactional).
+- The version is re-read under the write lock, so two processes opening the same old file at
+  once do not both run a step.
+- A file whose version is newer than the code knows is never touched: `SchemaTooNewError`.
+
+A step receives the connection inside that transaction. It must not COMMIT, must not use
+`executescript` (the sqlite3 module COMMITs before a script) and cannot change
+`PRAGMA foreign_keys` (a no-op inside a transaction); a step that rebuilds a table must keep
+the data consistent by itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final
+
+import aiosqlite
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "STEPS",
+    "SchemaTooNewError",
+    "Step",
+    "current_version",
+    "migrate",
+]
+
+Step = Callable[[aiosqlite.Connection], Awaitable[None]]
+
+
+class SchemaTooNewError(RuntimeError):
+    """The file was written by a newer version of the bot; this code must not touch it."""
+
+    def __init__(self, found: int, supported: int) -> None:
+        super().__init__(
+            f"database schema version {found} is newer than this code supports ({supported}); "
+            "run a newer bot or restore a backup"
+        )
+        self.found = found
+        self.supported = supported
+
+
+_V1_STATEMENTS: Final = (
+    # One row per conversation key (a p2p chat, a group, or one topic of a group).
+    # Timestamps are UTC epoch seconds (REAL) everywhere in this schema.
+    """
+    CREATE TABLE conversations (
+        key            TEXT PRIMARY KEY,
+        chat_id        TEXT NOT NULL,
+        chat_type      TEXT NOT NULL,
+        thread_root    TEXT,
+        session_id     TEXT,
+        workdir        TEXT NOT NULL,
+        model          TEXT,
+        created_at     REAL NOT NULL,
+        last_activity  REAL NOT NULL,
+        turn_count     INTEGER NOT NULL DEFAULT 0,
+        total_cost_usd REAL NOT NULL DEFAULT 0
+    )
+    """,
+    # Partial index: wipe_stale_sessions only visits conversations that still hold a session,
+    # so old conversations whose session was already wiped cost nothing on later sweeps.
+    """
+    CREATE INDEX conversations_session_activity
+        ON conversations (last_activity) WHERE session_id IS NOT NULL
+    """,
+    # Feishu message ids already handled, for exactly-once handling across restarts.
+    """
+    CREATE TABLE processed_messages (
+        message_id TEXT PRIMARY KEY,
+        seen_at    REAL NOT NULL
+    ) WITHOUT ROWID
+    """,
+    "CREATE INDEX processed_messages_seen_at ON processed_messages (seen_at)",
+    # The turn journal: one row per accepted message, kept after the processed id is pruned.
+    # AUTOINCREMENT so a turn id is never reused, even after rows are deleted.
+    """
+    CREATE TABLE turns (
+        id               INTEGER PRIMARY KEY AUTOINCREMENT,
+        message_id       TEXT NOT NULL UNIQUE,
+        conversation_key TEXT NOT NULL,
+        chat_id          TEXT NOT NULL,
+        prompt           TEXT NOT NULL,
+        reply_in_thread  INTEGER NOT NULL CHECK (reply_in_thread IN (0, 1)),
+        status           TEXT NOT NULL DEFAULT 'queued' CHECK (status IN
+                             ('queued', 'running', 'done', 'failed', 'cancelled', 'interrupted')),
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        exit_code        INTEGER,
+        duration_ms      INTEGER,
+        cost_usd         REAL,
+        error            TEXT,
+        created_at       REAL NOT NULL,
+        updated_at       REAL NOT NULL
+    )
+    """,
+    # Serves turn_counts (GROUP BY status, covering) and pending_turns (status IN ...).
+    "CREATE INDEX turns_status ON turns (status, id)",
+)
+
+
+async def _v1_initial_schema(conn: aiosqlite.Connection) -> None:
+    for statement in _V1_STATEMENTS:
+        await conn.execute(statement)
+
+
+STEPS: Final[tuple[Step, ...]] = (_v1_initial_schema,)
+SCHEMA_VERSION: Final = len(STEPS)
+
+
+async def current_version(conn: aiosqlite.Connection) -> int:
+    """The file's `PRAGMA user_version` (0 for a new, empty file)."""
+    rows = await conn.execute_fetchall("PRAGMA user_version")
+    return int(next(iter(rows))[0])
+
+
+async def migrate(conn: aiosqlite.Connection, steps: Sequence[Step] = STEPS) -> int:
+    """Bring the file up to `len(steps)` and return that version.
+
+    `steps` is a parameter so tests can run a longer, test-only list. Does not retry on
+    SQLITE_BUSY by itself; the caller wraps it (see `connection.busy_retrying`). The
+    connection must be in autocommit mode with no open transaction.
+    """
+    target = len(steps)
+    found = await current_version(conn)
+    if found > target:
+        raise SchemaTooNewError(found, target)
+    if found == target:
+        return found  # the common case: no write lock taken at all
+    await conn.execute("BEGIN IMMEDIATE")
+    try:
+        found = await current_version(conn)
+        if found > target:
+            raise SchemaTooNewError(found, target)
+        for version in range(found + 1, target + 1):
+            await steps[version - 1](conn)
+            # PRAGMA takes no bound parameters; `version` is an int we computed.
+            await conn.execute(f"PRAGMA user_version = {version:d}")
+        await conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            await conn.execute("ROLLBACK")
+        raise
+    return target

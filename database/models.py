@@ -1,0 +1,78 @@
+"""Frozen snapshots of stored rows, returned by `SessionStore`.
+
+They are values, not live records: changing the database does not change an instance you
+already hold, and nothing here does I/O. Timestamps are UTC epoch seconds (float).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final
+
+__all__ = [
+    "PENDING_STATUSES",
+    "Conversation",
+    "Turn",
+    "TurnStatus",
+]
+
+
+class TurnStatus(StrEnum):
+    """Where a journalled turn is. Members compare equal to their plain strings ("done")."""
+
+    QUEUED = "queued"  # accepted, not started; re-run after a crash
+    RUNNING = "running"  # a CLI process was started; after a crash, decide: re-run or interrupted
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"  # stopped by /stop
+    INTERRUPTED = "interrupted"  # stopped by shutdown or found running after a crash
+
+
+# The statuses `pending_turns` returns: the work a restarted process still owes.
+PENDING_STATUSES: Final = (TurnStatus.QUEUED, TurnStatus.RUNNING)
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    """One conversation key's Claude session, working directory, model and running totals.
+
+    `session_id` is None when the next turn must start a new Claude session.
+    `model` is None when the bot's default model applies.
+    """
+
+    key: str
+    chat_id: str
+    chat_type: str
+    thread_root: str | None
+    session_id: str | None
+    workdir: str
+    model: str | None
+    created_at: float
+    last_activity: float
+    turn_count: int
+    total_cost_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One accepted Feishu message in the journal, with enough data to run it again.
+
+    `attempts` counts CLI runs made for the turn; exit_code, duration_ms, cost_usd and error
+    are None until the turn's runner records them.
+    """
+
+    id: int
+    message_id: str
+    conversation_key: str
+    chat_id: str
+    prompt: str
+    reply_in_thread: bool
+    status: TurnStatus
+    attempts: int
+    exit_code: int | None
+    duration_ms: int | None
+    cost_usd: float | None
+    error: str | None
+    created_at: float
+    updated_at: float

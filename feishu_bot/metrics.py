@@ -1,0 +1,88 @@
+"""Prometheus metrics, kept in a registry per bot (never the process-global default one).
+
+Counters the components already keep (launcher stats, dispatch counters, gateway reconnects) are
+read at scrape time by a collector, so no component depends on Prometheus. Only the two
+histograms need observations, which the chat handler reports through `BotMetrics`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["CONTENT_TYPE", "BotMetrics"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_DURATION_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
+_WAIT_BUCKETS = (0.01, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
+
+
+class _LiveCollector(Collector):
+    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._snapshot()
+        gauges = {
+            "feishu_bot_active_turns": ("claude processes running", snap.get("active", 0)),
+            "feishu_bot_queued_turns": ("turns waiting for a slot", snap.get("queued", 0)),
+            "feishu_bot_max_concurrent": ("cap on claude processes", snap.get("max", 0)),
+            "feishu_bot_websocket_connected": ("1 when connected", int(bool(snap.get("ws")))),
+            "feishu_bot_uptime_seconds": ("seconds since start", snap.get("uptime", 0.0)),
+        }
+        for name, (doc, value) in gauges.items():
+            yield GaugeMetricFamily(name, doc, value=value)
+        counters = {
+            "feishu_bot_claude_retries": ("attempts retried", snap.get("retried", 0)),
+            "feishu_bot_stale_sessions_cleared": ("stale sessions cleared", snap.get("stale", 0)),
+            "feishu_bot_websocket_reconnects": ("websocket reconnects", snap.get("reconnects", 0)),
+            "feishu_bot_duplicate_deliveries_dropped": (
+                "redelivered events dropped",
+                snap.get("duplicates", 0),
+            ),
+        }
+        for name, (doc, value) in counters.items():
+            yield CounterMetricFamily(name, doc, value=value)
+
+
+class BotMetrics:
+    """The bot's metrics: turn outcomes and histograms, plus live values read on scrape."""
+
+    def __init__(self, snapshot: Callable[[], dict[str, Any]] = dict) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.turns = Counter(
+            "feishu_bot_turns", "finished turns by outcome", ["outcome"], registry=self.registry
+        )
+        self.turn_duration = Histogram(
+            "feishu_bot_turn_duration_seconds",
+            "wall time of a turn from start to final answer",
+            buckets=_DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "feishu_bot_queue_wait_seconds",
+            "time from accepting a message to its claude process starting",
+            buckets=_WAIT_BUCKETS,
+            registry=self.registry,
+        )
+        self._live = _LiveCollector(snapshot)
+        self.registry.register(self._live)
+
+    def bind(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        """Set the live snapshot source once the components exist."""
+        self._live._snapshot = snapshot
+
+    def turn_finished(self, outcome: str, seconds: float | None = None) -> None:
+        self.turns.labels(outcome=outcome).inc()
+        if seconds is not None:
+            self.turn_duration.observe(max(0.0, seconds))
+
+    def turn_started(self, waited_seconds: float) -> None:
+        self.queue_wait.observe(max(0.0, waited_seconds))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,171 @@
+"""migrations.py: versioning with PRAGMA user_version, all-or-nothing upgrades, newer files."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import aiosqlite
+import pytest
+
+from database import SCHEMA_VERSION, SchemaTooNewError, SessionStore
+from database.connection import connect
+from database.migrations import STEPS, current_version, migrate
+
+
+def user_version(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+    db.close()
+    return version
+
+
+def schema_objects(path: Path) -> set[tuple[str, str]]:
+    with sqlite3.connect(path) as db:
+        rows = db.execute(
+            "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
+        ).fetchall()
+    db.close()
+    return set(rows)
+
+
+async def _v2_add_label(conn: aiosqlite.Connection) -> None:
+    """A test-only version 2: what a real next migration would look like."""
+    await conn.execute("ALTER TABLE conversations ADD COLUMN label TEXT NOT NULL DEFAULT ''")
+    await conn.execute("UPDATE conversations SET label = 'migrated:' || key")
+
+
+async def test_empty_file_is_migrated_to_the_current_version(db_path: Path):
+    async with await SessionStore.open(db_path):
+        pass
+    assert db_path.parent.is_dir()
+    assert user_version(db_path) == SCHEMA_VERSION == len(STEPS) == 1
+    assert schema_objects(db_path) >= {
+        ("table", "conversations"),
+        ("table", "processed_messages"),
+        ("table", "turns"),
+        ("index", "conversations_session_activity"),
+        ("index", "processed_messages_seen_at"),
+        ("index", "turns_status"),
+    }
+
+
+async def test_reopening_is_idempotent_and_keeps_data(db_path: Path):
+    async with await SessionStore.open(db_path) as store:
+        await store.ensure_conversation(
+            "p2p:oc_1", chat_id="oc_1", chat_type="p2p", thread_root=None, workdir="/w"
+        )
+        turn_id = await store.accept_message(
+            "om_1", conversation_key="p2p:oc_1", chat_id="oc_1", prompt="hi", reply_in_thread=False
+        )
+    objects = schema_objects(db_path)
+    for _ in range(2):
+        async with await SessionStore.open(db_path) as store:
+            assert (await store.get_conversation("p2p:oc_1")) is not None
+            assert (await store.get_turn(turn_id)).prompt == "hi"
+    assert user_version(db_path) == SCHEMA_VERSION
+    assert schema_objects(db_path) == objects
+
+
+async def test_a_step_runs_once_even_when_migrate_is_called_again(tmp_path: Path):
+    calls: list[str] = []
+
+    async def step(conn: aiosqlite.Connection) -> None:
+        calls.append("v1")
+        await conn.execute("CREATE TABLE t (x)")
+
+    conn = await connect(tmp_path / "x.db")
+    try:
+        assert await migrate(conn, steps=[step]) == 1
+        assert await migrate(conn, steps=[step]) == 1
+    finally:
+        await conn.close()
+    assert calls == ["v1"]
+
+
+async def test_two_connections_migrating_one_new_file_run_each_step_once(tmp_path: Path):
+    calls: list[str] = []
+
+    async def step(conn: aiosqlite.Connection) -> None:
+        calls.append("v1")
+        await conn.execute("CREATE TABLE t (x)")  # would fail ("already exists") if run twice
+
+    first, second = await connect(tmp_path / "x.db"), await connect(tmp_path / "x.db")
+    try:
+        assert await asyncio.gather(migrate(first, [step]), migrate(second, [step])) == [1, 1]
+    finally:
+        await first.close()
+        await second.close()
+    assert calls == ["v1"]
+
+
+async def test_upgrade_from_the_previous_version_keeps_data(db_path: Path):
+    async with await SessionStore.open(db_path) as store:  # a file at version 1, with data
+        for n in range(3):
+            await store.ensure_conversation(
+                f"p2p:oc_{n}", chat_id=f"oc_{n}", chat_type="p2p", thread_root=None, workdir="/w"
+            )
+            await store.set_session(f"p2p:oc_{n}", f"sid-{n}")
+        await store.accept_message(
+            "om_1", conversation_key="p2p:oc_0", chat_id="oc_0", prompt="hi", reply_in_thread=True
+        )
+    assert user_version(db_path) == 1
+
+    conn = await connect(db_path)
+    try:
+        assert await migrate(conn, steps=(*STEPS, _v2_add_label)) == 2
+        assert await current_version(conn) == 2
+    finally:
+        await conn.close()
+
+    with sqlite3.connect(db_path) as db:
+        rows = db.execute(
+            "SELECT key, session_id, label FROM conversations ORDER BY key"
+        ).fetchall()
+        turns = db.execute("SELECT message_id, prompt, reply_in_thread FROM turns").fetchall()
+    db.close()
+    assert rows == [(f"p2p:oc_{n}", f"sid-{n}", f"migrated:p2p:oc_{n}") for n in range(3)]
+    assert turns == [("om_1", "hi", 1)]
+    assert user_version(db_path) == 2
+
+
+async def test_a_failing_step_leaves_the_file_at_its_old_version_untouched(db_path: Path):
+    async with await SessionStore.open(db_path) as store:
+        await store.mark_processed("om_1")
+    before = schema_objects(db_path)
+
+    async def broken_v2(conn: aiosqlite.Connection) -> None:
+        await conn.execute("CREATE TABLE half_done (x)")
+        await conn.execute("DELETE FROM processed_messages")
+        raise RuntimeError("step failed half-way")
+
+    conn = await connect(db_path)
+    try:
+        with pytest.raises(RuntimeError, match="half-way"):
+            await migrate(conn, steps=(*STEPS, broken_v2))
+        assert not conn.in_transaction
+    finally:
+        await conn.close()
+    assert user_version(db_path) == 1
+    assert schema_objects(db_path) == before
+    async with await SessionStore.open(db_path) as store:
+        assert await store.mark_processed("om_1") is False  # the row survived the rollback
+
+
+async def test_a_file_newer_than_the_code_is_refused_and_left_alone(db_path: Path):
+    async with await SessionStore.open(db_path) as store:
+        await store.mark_processed("om_1")
+    conn = await connect(db_path)
+    try:
+        await migrate(conn, steps=(*STEPS, _v2_add_label))
+    finally:
+        await conn.close()
+
+    with pytest.raises(SchemaTooNewError, match="version 2 is newer") as caught:
+        await SessionStore.open(db_path)
+    assert (caught.value.found, caught.value.supported) == (2, SCHEMA_VERSION)
+    assert user_version(db_path) == 2
+    with sqlite3.connect(db_path) as db:
+        assert db.execute("SELECT COUNT(*) FROM processed_messages").fetchone() == (1,)
+    db.close()

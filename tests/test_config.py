@@ -1,0 +1,85 @@
+from pathlib import Path
+
+import pytest
+
+from feishu_bot.config import load_settings
+from feishu_bot.errors import ConfigError
+
+BASE = {"FEISHU_APP_ID": "cli_test", "FEISHU_APP_SECRET": "s3cret-value-123"}
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith(("FEISHU_", "CLAUDE_", "LOG_", "HEALTH_", "DATABASE_", "SESSION_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def test_defaults_are_the_documented_contract(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in BASE.items():
+        monkeypatch.setenv(key, value)
+    s = load_settings(None)
+    assert s.FEISHU_DOMAIN == "https://open.feishu.cn"
+    assert s.FEISHU_ALLOWED_USERS == [] and s.FEISHU_ALLOW_ALL is False
+    assert (s.CLAUDE_BIN, s.CLAUDE_MAX_CONCURRENT, s.CLAUDE_QUEUE_MAX) == ("claude", 5, 20)
+    assert (s.CLAUDE_TIMEOUT, s.CLAUDE_MAX_RETRIES, s.CLAUDE_RETRY_DELAY) == (600.0, 2, 2.0)
+    assert s.CLAUDE_WORKDIR == Path("./workspace")
+    assert s.CLAUDE_PERMISSION_MODE == "acceptEdits"
+    assert s.DATABASE_PATH == Path("./data/feishu_bot.db")
+    assert (s.SESSION_STALE_HOURS, s.HEALTH_INTERVAL, s.HEALTH_PORT) == (24.0, 30.0, 0)
+    assert (s.SHUTDOWN_GRACE, s.LOG_LEVEL, s.LOG_DIR, s.LOG_JSON) == (20.0, "INFO", "./logs", False)
+
+
+def test_missing_credentials_name_both_variables() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(None)
+    text = "\n".join(info.value.problems)
+    assert "FEISHU_APP_ID" in text and "FEISHU_APP_SECRET" in text
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("CLAUDE_TIMEOUT", "-1"),
+        ("CLAUDE_TIMEOUT", "soon"),
+        ("CLAUDE_MAX_CONCURRENT", "0"),
+        ("CLAUDE_PERMISSION_MODE", "yolo"),
+        ("HEALTH_INTERVAL", "abc"),
+        ("CLAUDE_RETRY_DELAY", "-0.5"),
+        ("FEISHU_DOMAIN", "open.feishu.cn"),
+        ("LOG_LEVEL", "LOUD"),
+    ],
+)
+def test_bad_values_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    for key, val in BASE.items():
+        monkeypatch.setenv(key, val)
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings(None)
+    assert len(info.value.problems) == 1
+    assert info.value.problems[0].startswith(name)
+
+
+def test_lists_env_file_and_env_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(
+        "FEISHU_APP_ID=from_file\nFEISHU_APP_SECRET=file-secret-1\nCLAUDE_TIMEOUT=30\n"
+    )
+    monkeypatch.setenv("FEISHU_APP_ID", "from_env")
+    monkeypatch.setenv("FEISHU_ALLOWED_USERS", " ou_a, ou_b ,,")
+    s = load_settings(".env")
+    assert s.FEISHU_APP_ID == "from_env"
+    assert s.CLAUDE_TIMEOUT == 30.0
+    assert s.FEISHU_ALLOWED_USERS == ["ou_a", "ou_b"]
+
+
+def test_secret_is_masked_and_never_echoed_in_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, val in BASE.items():
+        monkeypatch.setenv(key, val)
+    shown = load_settings(None).masked()
+    assert BASE["FEISHU_APP_SECRET"] not in str(shown)
+    assert shown["FEISHU_APP_SECRET"].startswith("****")
