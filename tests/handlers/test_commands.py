@@ -1,0 +1,132 @@
+"""Command handlers against a real SQLite store; the launcher is only asked for its numbers."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from database.store import SessionStore
+from feishu_bot.config import Settings
+from feishu_bot.context import BotContext
+from feishu_bot.events import InboundMessage
+from feishu_bot.handlers.commands import COMMANDS, parse_command, run_command
+from feishu_bot.turns import TurnRegistry
+
+
+@dataclass
+class _Stats:
+    active: int = 2
+    max_concurrent: int = 5
+    queued: int = 1
+
+
+class _LauncherNumbers:
+    def stats(self) -> _Stats:
+        return _Stats()
+
+    def queue_position(self, key: str) -> int | None:
+        return None
+
+
+@pytest.fixture
+async def ctx(tmp_path: Path):
+    root = tmp_path / "ws"
+    (root / "proj" / "sub").mkdir(parents=True)
+    store = await SessionStore.open(tmp_path / "bot.db")
+    settings = Settings(
+        _env_file=None,
+        FEISHU_APP_ID="cli_t",
+        FEISHU_APP_SECRET="secret-t",
+        CLAUDE_WORKDIR=root,
+        CLAUDE_MODEL="",
+    )
+    yield BotContext(
+        settings=settings,
+        store=store,
+        launcher=_LauncherNumbers(),  # type: ignore[arg-type]
+        replier=None,  # type: ignore[arg-type]
+        turns=TurnRegistry(),
+        workdir_root=root,
+        gateway_status=lambda: {"connected": True, "reconnects": 0},
+    )
+    await store.close()
+
+
+MSG = InboundMessage("om_1", "oc_1", "p2p", "ou_1", "text", "/x")
+
+
+def test_parse_command_only_knows_its_table() -> None:
+    assert parse_command("/help") == ("help", "")
+    assert parse_command("/CD  proj/sub ") == ("cd", "proj/sub")
+    assert parse_command("/compact the context") is None  # Claude's own command
+    assert parse_command("hello /new") is None
+    assert set(COMMANDS) == {"help", "new", "stop", "status", "cd", "model"}
+
+
+async def test_help_lists_every_command(ctx: BotContext) -> None:
+    text = await run_command(ctx, MSG, "help", "")
+    for name in COMMANDS:
+        assert f"/{name}" in text
+
+
+async def test_new_clears_the_session(ctx: BotContext) -> None:
+    await run_command(ctx, MSG, "status", "")
+    await ctx.store.ensure_conversation(
+        MSG.conversation_key, chat_id="oc_1", chat_type="p2p", thread_root=None, workdir="/tmp"
+    )
+    await ctx.store.set_session(MSG.conversation_key, "sess-1")
+    text = await run_command(ctx, MSG, "new", "")
+    assert "fresh" in text
+    conv = await ctx.store.get_conversation(MSG.conversation_key)
+    assert conv is not None and conv.session_id is None
+
+
+async def test_cd_accepts_only_existing_dirs_under_the_workspace(ctx: BotContext) -> None:
+    root = ctx.workdir_root.resolve()
+    await ctx.store.ensure_conversation(
+        MSG.conversation_key, chat_id="oc_1", chat_type="p2p", thread_root=None, workdir=str(root)
+    )
+    await ctx.store.set_session(MSG.conversation_key, "sess-1")
+    assert "outside" in await run_command(ctx, MSG, "cd", "..")
+    assert "outside" in await run_command(ctx, MSG, "cd", "/etc")
+    assert "No such directory" in await run_command(ctx, MSG, "cd", "nope")
+    conv = await ctx.store.get_conversation(MSG.conversation_key)
+    assert conv.session_id == "sess-1" and Path(conv.workdir) == root
+
+    text = await run_command(ctx, MSG, "cd", "proj/sub")
+    conv = await ctx.store.get_conversation(MSG.conversation_key)
+    assert Path(conv.workdir) == root / "proj" / "sub"
+    assert conv.session_id is None and "fresh" in text
+    # relative to the current directory, and back up to the root is allowed
+    await run_command(ctx, MSG, "cd", "..")
+    conv = await ctx.store.get_conversation(MSG.conversation_key)
+    assert Path(conv.workdir) == root / "proj"
+
+
+async def test_cd_refuses_symlink_escaping_the_workspace(ctx: BotContext, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (ctx.workdir_root / "link").symlink_to(outside)
+    assert "outside" in await run_command(ctx, MSG, "cd", "link")
+
+
+async def test_model_sets_validates_and_resets(ctx: BotContext) -> None:
+    assert "claude-sonnet-4-5" in await run_command(ctx, MSG, "model", "claude-sonnet-4-5")
+    conv = await ctx.store.get_conversation(MSG.conversation_key)
+    assert conv.model == "claude-sonnet-4-5"
+    assert "Not a valid" in await run_command(ctx, MSG, "model", "rm -rf /")
+    await run_command(ctx, MSG, "model", "default")
+    conv = await ctx.store.get_conversation(MSG.conversation_key)
+    assert conv.model is None
+
+
+async def test_status_shows_conversation_and_bot(ctx: BotContext) -> None:
+    await run_command(ctx, MSG, "model", "opus")
+    text = await run_command(ctx, MSG, "status", "")
+    assert MSG.conversation_key in text
+    assert "session: none" in text and "model: opus" in text and "state: idle" in text
+    assert "2/5 running, 1 queued" in text and "websocket connected" in text
+
+
+async def test_stop_with_nothing_running(ctx: BotContext) -> None:
+    assert "Nothing" in await run_command(ctx, MSG, "stop", "")
