@@ -95,3 +95,27 @@ class FeishuApiError(BotError):
         super().__init__(message)
         self.status = status
         self.code = code
+
+
+class FeishuTransientError(FeishuApiError):
+    """A Feishu call that may succeed if repeated: timeout, connection error, HTTP 5xx.
+
+    `retry_after` is the wait in seconds Feishu asked for (rate limits), else None.
+    """
+
+    def __init__(
+        self, message: str, *, status: int = 0, code: int = 0, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, status=status, code=code)
+        self.retry_after = retry_after
+
+
+class FeishuRateLimited(FeishuTransientError):
+    """HTTP 429 / code 99991400 / 230020: wait `retry_after` seconds, then repeat."""
+
+
+class FeishuTokenInvalid(FeishuTransientError):
+    """The tenant token was rejected (99991661/99991663): fetch a new one, then repeat."""
+
+
+__all__ += ["FeishuRateLimited", "FeishuTokenInvalid", "FeishuTransientError"]

@@ -1,0 +1,339 @@
+"""The user-visible life of one turn: a reaction on the user's message and one live card.
+
+`ReplyStream` owns, for one turn:
+- an emoji reaction on the user's message while Claude works (`started` … `finish`/`fail`);
+- one interactive card, created lazily (on `queued` or the first `update`), then PATCHed;
+- the final answer: the card is PATCHed with the first part and further parts are replied
+  as extra cards, in order.
+
+Invariants:
+- Intermediate states (`queued`, `started`, `update`) never wait for Feishu: they record the
+  latest wanted view and a background flusher shows it, at most once per `min_interval`
+  (coalescing: only the latest text is sent; a trailing flush sends the last state).
+- At most one card request (create or PATCH) is in flight at any time (`_io_lock`).
+- The final answer (`finish` or `fail`) is delivered once: the first of them wins, later calls
+  and updates are ignored. It waits for an in-flight PATCH to complete, so a stale progress
+  PATCH can never land after the final content.
+- Failures of progress calls are logged and swallowed; `finish`/`fail` raise `FeishuApiError`
+  only when the answer could not be delivered (after the replier's own retries). If the final
+  PATCH is refused for good (card too old, recalled) the answer is replied as a new card; if
+  it fails transiently the error is raised instead, since the PATCH may have landed and a
+  duplicate answer is worse. The reaction is removed in every case.
+
+It does not run Claude, format errors into words, or decide what to say; it shows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid as uuid_mod
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+from loguru import logger
+
+from feishu_bot.errors import FeishuApiError, FeishuTransientError
+from feishu_bot.feishu import render
+from feishu_bot.feishu.render import CardState
+
+__all__ = ["DEFAULT_REACTION", "CardReplier", "ReplyStream"]
+
+# A real Feishu reaction emoji_type ("on it"); see the Feishu "emojis introduce" list.
+DEFAULT_REACTION = "OnIt"
+
+
+class CardReplier(Protocol):
+    """The part of `FeishuReplier` a stream needs (tests may pass a fake)."""
+
+    async def reply_card(
+        self,
+        message_id: str,
+        card: dict[str, Any],
+        *,
+        in_thread: bool = False,
+        uuid: str | None = None,
+    ) -> str: ...
+
+    async def patch(self, message_id: str, content: dict[str, Any]) -> None: ...
+
+    async def add_reaction(self, message_id: str, emoji_type: str) -> str: ...
+
+    async def remove_reaction(self, message_id: str, reaction_id: str) -> None: ...
+
+
+# state, text, note, queue position. The note's running time alone never causes a PATCH;
+# a change of state, text or queue position does.
+_View = tuple[CardState, str, str | None, int | None]
+
+
+class ReplyStream:
+    """One turn's card and reaction; see the module docstring for the guarantees."""
+
+    def __init__(
+        self,
+        replier: CardReplier,
+        reply_to: str,
+        *,
+        in_thread: bool,
+        min_interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        reaction: str | None = DEFAULT_REACTION,
+        title: str | None = None,
+    ) -> None:
+        self._replier = replier
+        self._reply_to = reply_to
+        self._in_thread = in_thread
+        self._min_interval = min_interval
+        self._clock = clock
+        self._sleep = sleep
+        self._reaction_type = reaction
+        self._title = title
+        # One uuid per logical card: a retried or repeated create cannot post a duplicate.
+        self._uuid = uuid_mod.uuid4().hex
+
+        self._state: CardState = "working"
+        self._text = ""
+        self._queue_position: int | None = None
+        self._started_at: float | None = None
+        self._want_card = False
+
+        self._card_id: str | None = None
+        self._create_uncertain = False  # a create failed: it may still have landed
+        self._shown: _View | None = None
+        self._next_at = 0.0  # earliest clock time for the next progress request
+        self._io_lock = asyncio.Lock()
+        self._flusher: asyncio.Task[None] | None = None
+        self._reaction_task: asyncio.Task[str | None] | None = None
+        self._closed = False  # finish/fail began: progress is over
+        self.patches = 0  # progress+final PATCH count (for tests and metrics)
+
+    # -- context manager ---------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop background work without delivering anything (finish/fail not called)."""
+        self._closed = True
+        tasks = [t for t in (self._flusher, self._reaction_task) if t is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+    # -- properties --------------------------------------------------------------------------
+
+    @property
+    def card_id(self) -> str | None:
+        """The message id of the live card, once it exists."""
+        return self._card_id
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- progress (never waits for Feishu) ---------------------------------------------------
+
+    async def queued(self, position: int) -> None:
+        """Show (create or update) a "queued, position k" card."""
+        if self._closed:
+            return
+        self._state = "queued"
+        self._queue_position = position
+        self._want_card = True
+        self._kick()
+
+    async def started(self) -> None:
+        """The turn runs: add the reaction (in the background); a queued card turns blue.
+
+        The card itself is created lazily by the first `update` (a quick answer then costs
+        one message, not a create plus a PATCH).
+        """
+        if self._closed:
+            return
+        if self._started_at is None:
+            self._started_at = self._clock()
+        self._state = "working"
+        self._queue_position = None
+        if self._reaction_type and self._reaction_task is None:
+            self._reaction_task = asyncio.create_task(
+                self._add_reaction(self._reaction_type), name=f"reaction:{self._reply_to}"
+            )
+        if self._card_id is not None or self._want_card:
+            self._kick()
+
+    async def update(self, text: str) -> None:
+        """The answer so far (the whole text, not a delta). Returns at once."""
+        if self._closed:
+            return
+        if self._started_at is None:
+            self._started_at = self._clock()
+        self._state = "working"
+        self._queue_position = None
+        self._text = text
+        self._want_card = True
+        self._kick()
+
+    # -- the end -----------------------------------------------------------------------------
+
+    async def finish(self, text: str, *, note: str | None = None) -> None:
+        """Deliver the complete answer (split over several cards when long), remove the reaction.
+
+        Raises FeishuApiError if the answer could not be delivered.
+        """
+        await self._deliver(text, state="done", note=note, title=self._title)
+
+    async def fail(self, message: str, *, partial_text: str | None = None) -> None:
+        """Turn the card red with one short message (after any partial answer).
+
+        Raises FeishuApiError if nothing could be delivered.
+        """
+        text = f"{partial_text.rstrip()}\n\n---\n⚠️ {message}" if partial_text else message
+        await self._deliver(text, state="error", note=None, title=None)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _view(self) -> _View | None:
+        if not self._want_card:
+            return None
+        if self._state == "queued":
+            position = self._queue_position
+            return ("queued", "Waiting for a free slot…", f"queued, position {position}", position)
+        note = None
+        if self._started_at is not None:
+            note = f"running {int(self._clock() - self._started_at)}s"
+        return ("working", self._text, note, None)
+
+    def _kick(self) -> None:
+        if self._closed:
+            return
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_loop(), name=f"card:{self._reply_to}")
+
+    async def _flush_loop(self) -> None:
+        while not self._closed:
+            delay = self._next_at - self._clock()
+            if delay > 0:
+                await self._sleep(delay)
+            async with self._io_lock:
+                if self._closed:
+                    return
+                view = self._view()
+                if view is None or (self._shown is not None and _key(view) == _key(self._shown)):
+                    return
+                await self._show(view)
+                self._next_at = self._clock() + self._min_interval
+
+    async def _show(self, view: _View) -> None:
+        state, text, note, _ = view
+        card = render.card_for(text, state=state, note=note, title=self._title)
+        try:
+            if self._card_id is None:
+                await self._create(card)
+            else:
+                await self._replier.patch(self._card_id, card)
+                self.patches += 1
+            self._shown = view
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # progress must never kill the turn
+            logger.warning("progress card update failed (will retry with the next): {}", exc)
+
+    async def _create(self, card: dict[str, Any]) -> str:
+        """Create the card (same uuid every time); PATCH it if an earlier create was unsure."""
+        try:
+            card_id = await self._replier.reply_card(
+                self._reply_to, card, in_thread=self._in_thread, uuid=self._uuid
+            )
+        except FeishuApiError:
+            self._create_uncertain = True
+            raise
+        self._card_id = card_id
+        if self._create_uncertain:
+            # Feishu may have kept the first create (same uuid) with older content.
+            self._create_uncertain = False
+            await self._replier.patch(card_id, card)
+            self.patches += 1
+        return card_id
+
+    async def _add_reaction(self, emoji: str) -> str | None:
+        try:
+            return await self._replier.add_reaction(self._reply_to, emoji)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a missing reaction is cosmetic
+            logger.warning("adding reaction {} failed: {}", emoji, exc)
+            return None
+
+    async def _remove_reaction(self) -> None:
+        task, self._reaction_task = self._reaction_task, None
+        if task is None:
+            return
+        try:
+            reaction_id = await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # we are being cancelled ourselves
+            return  # only the reaction task was cancelled
+        if reaction_id is None:
+            return
+        try:
+            await self._replier.remove_reaction(self._reply_to, reaction_id)
+        except Exception as exc:  # cosmetic
+            logger.warning("removing reaction failed: {}", exc)
+
+    async def _deliver(
+        self, text: str, *, state: CardState, note: str | None, title: str | None
+    ) -> None:
+        if self._closed:
+            logger.warning("reply stream already closed; final {} ignored", state)
+            return
+        self._closed = True
+        try:
+            async with self._io_lock:
+                # The flusher is asleep or waiting for the lock, never mid-request here.
+                if self._flusher is not None and not self._flusher.done():
+                    self._flusher.cancel()
+                cards = render.final_cards(text, state=state, note=note, title=title)
+                await self._put_first(cards[0])
+                for i, card in enumerate(cards[1:], start=2):
+                    await self._replier.reply_card(
+                        self._reply_to, card, in_thread=self._in_thread, uuid=f"{self._uuid}-{i}"
+                    )
+        finally:
+            await self._remove_reaction()
+
+    async def _put_first(self, card: dict[str, Any]) -> None:
+        if self._card_id is not None:
+            try:
+                await self._replier.patch(self._card_id, card)
+                self.patches += 1
+                return
+            except FeishuTransientError:
+                # Retries ran out: the PATCH may still have landed, and a second copy of the
+                # answer is worse than a reported failure.
+                raise
+            except FeishuApiError as exc:
+                # Refused for good (card too old, recalled, …): it did not change; post anew.
+                logger.warning("final PATCH refused, replying a new card instead: {}", exc)
+            await self._replier.reply_card(
+                self._reply_to, card, in_thread=self._in_thread, uuid=f"{self._uuid}-1"
+            )
+            return
+        await self._create(card)
+
+
+def _key(view: _View) -> tuple[CardState, str, int | None]:
+    return (view[0], view[1], view[3])
