@@ -16,7 +16,15 @@ from feishu_bot.errors import ConfigError
 
 __all__ = ["PERMISSION_MODES", "Settings", "load_settings"]
 
-PERMISSION_MODES = ("default", "acceptEdits", "plan", "bypassPermissions", "dontAsk", "auto")
+PERMISSION_MODES = (
+    "default",
+    "manual",
+    "acceptEdits",
+    "plan",
+    "bypassPermissions",
+    "dontAsk",
+    "auto",
+)
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 
 

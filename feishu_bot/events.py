@@ -70,13 +70,15 @@ class ClaudeEvent:
     """One parsed stream-json line, reduced to what the bot uses.
 
     kind: "init" (session_id set), "text" (text = the assistant text so far in this turn),
-    "tool" (tool name in `text`), "api_retry", "result", "other".
+    "tool" (tool name in `text`, a one-line summary of its input such as the command or file
+    in `detail`), "api_retry", "result", "other".
     """
 
     kind: str
     session_id: str | None = None
     text: str = ""
     raw_type: str = ""
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)

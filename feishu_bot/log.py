@@ -76,7 +76,7 @@ def _route_stdlib(level: str) -> None:
         lib_logger.handlers = [_InterceptHandler()]
         lib_logger.propagate = False
         lib_logger.addHandler = _refuse_handler  # type: ignore[method-assign]
-    for noisy in ("aiohttp.access", "websockets", "urllib3", "asyncio"):
+    for noisy in ("aiohttp.access", "aiosqlite", "websockets", "urllib3", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

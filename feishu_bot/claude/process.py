@@ -1,0 +1,195 @@
+"""Process-tree helpers for the launcher: find and kill everything a CLI run started.
+
+The CLI is started in a session of its own (``start_new_session=True``), so its pid is also its
+process group and session id. Its Bash-tool children do ``setsid`` (measured on 2.1.329: the
+tool's shell has pgid == sid == its own pid), so killing the CLI's group is not enough and
+SIGKILL of the CLI alone orphans them. ``kill_tree`` therefore:
+
+1. snapshots the CLI's descendants (psutil, by parent links) *before* signalling anything,
+   plus every process in the sessions of the CLI and of those descendants (this also finds
+   double-forked daemons that were already re-parented to init);
+2. sends SIGTERM to the CLI's process group, to every group of the snapshot and to every
+   snapshot process;
+3. waits up to ``grace`` seconds (the CLI itself event-driven, the rest by polling; a zombie
+   counts as dead);
+4. snapshots again (things forked meanwhile), SIGKILLs all survivors and their groups;
+5. awaits the CLI's ``wait()`` so it is reaped, and waits briefly for the others to vanish.
+
+Never signals the bot's own process group or session, nor pid 0/1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from dataclasses import dataclass
+
+import psutil
+from loguru import logger
+
+__all__ = ["KillReport", "alive", "kill_tree", "leftovers", "reap_leftovers", "snapshot_tree"]
+
+_POLL_S = 0.02
+_AFTER_KILL_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class KillReport:
+    """What ``kill_tree`` did: how many processes it saw and whether SIGKILL was needed."""
+
+    pid: int
+    seen: int
+    killed: int
+    survivors: tuple[int, ...]
+    returncode: int | None
+
+
+def alive(proc: psutil.Process) -> bool:
+    """True while the process exists and is not a zombie (same pid, same start time)."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def _own_ids() -> tuple[set[int], set[int]]:
+    """Process groups and sessions that must never be signalled: ours, and 0/1."""
+    return {0, 1, os.getpgid(0)}, {0, 1, os.getsid(0)}
+
+
+def _members(sessions: set[int], groups: set[int]) -> dict[int, psutil.Process]:
+    """Every process whose session id is in ``sessions`` or process group in ``groups``."""
+    own_groups, own_sessions = _own_ids()
+    sessions = sessions - own_sessions
+    groups = groups - own_groups
+    found: dict[int, psutil.Process] = {}
+    if not sessions and not groups:
+        return found
+    me = os.getpid()
+    for pid in psutil.pids():
+        if pid == me:
+            continue
+        try:
+            if os.getsid(pid) in sessions or os.getpgid(pid) in groups:
+                found[pid] = psutil.Process(pid)
+        except (OSError, psutil.Error):
+            continue
+    return found
+
+
+def snapshot_tree(pid: int) -> dict[int, psutil.Process]:
+    """The process ``pid`` (if alive), its descendants, and every member of their sessions."""
+    found: dict[int, psutil.Process] = {}
+    try:
+        root = psutil.Process(pid)
+        found[pid] = root
+        for child in root.children(recursive=True):
+            found[child.pid] = child
+    except psutil.Error:
+        pass
+    sids = {pid}
+    for p in list(found.values()):
+        with contextlib.suppress(OSError):
+            sids.add(os.getsid(p.pid))
+    found.update(_members(sids, set()))
+    return found
+
+
+def leftovers(pid: int) -> dict[int, psutil.Process]:
+    """Live processes still in the session or process group of an exited CLI (pid=sid=pgid)."""
+    return {p: proc for p, proc in _members({pid}, {pid}).items() if alive(proc)}
+
+
+def _groups_of(procs: dict[int, psutil.Process], leader: int) -> set[int]:
+    groups = {leader}
+    for p in procs.values():
+        with contextlib.suppress(OSError):
+            groups.add(os.getpgid(p.pid))
+    own_groups, _ = _own_ids()
+    return groups - own_groups
+
+
+def _signal_all(procs: dict[int, psutil.Process], groups: set[int], sig: int) -> None:
+    for pgid in groups:
+        with contextlib.suppress(OSError):
+            os.killpg(pgid, sig)
+    for p in procs.values():
+        with contextlib.suppress(psutil.Error, OSError):
+            p.send_signal(sig)
+
+
+def _signal_cli(proc: asyncio.subprocess.Process, sig: int) -> None:
+    # os.kill, not proc.send_signal: Popen.send_signal() polls first, and that waitpid() can
+    # reap the child behind asyncio's child watcher, which then reports exit code 255.
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(proc.pid, sig)
+
+
+async def _wait_gone(
+    procs: dict[int, psutil.Process], deadline: float, proc: asyncio.subprocess.Process | None
+) -> list[psutil.Process]:
+    loop = asyncio.get_running_loop()
+    if proc is not None and proc.returncode is None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), max(0.0, deadline - loop.time()))
+    while True:
+        left = [p for p in procs.values() if alive(p)]
+        if not left or loop.time() >= deadline:
+            return left
+        await asyncio.sleep(_POLL_S)
+
+
+async def kill_tree(proc: asyncio.subprocess.Process, *, grace: float) -> KillReport:
+    """Stop ``proc`` and everything it started; return only once ``proc`` has been reaped.
+
+    Safe to call when ``proc`` already exited (then only leftovers in its session or group are
+    stopped). Not cancellation-safe by itself: the launcher runs it to completion even when the
+    awaiting task is cancelled.
+    """
+    loop = asyncio.get_running_loop()
+    pid = proc.pid
+    running = proc.returncode is None
+    # The snapshot comes first: once the CLI is signalled its children start to re-parent.
+    targets = snapshot_tree(pid) if running else leftovers(pid)
+    targets.pop(pid, None)  # the CLI itself is signalled and reaped through `proc`
+    groups = _groups_of(targets, pid)
+    seen = len(targets) + int(running)
+    _signal_all(targets, groups, signal.SIGTERM)
+    _signal_cli(proc, signal.SIGTERM)
+    survivors = await _wait_gone(targets, loop.time() + grace, proc)
+    killed = 0
+    if proc.returncode is None or survivors:
+        # Anything forked during the grace period is found now (parent links or session ids).
+        more = snapshot_tree(pid) if proc.returncode is None else leftovers(pid)
+        more.pop(pid, None)
+        for p in survivors:
+            more.setdefault(p.pid, p)
+        groups |= _groups_of(more, pid)
+        killed = len(more) + int(proc.returncode is None)
+        _signal_all(more, groups, signal.SIGKILL)
+        _signal_cli(proc, signal.SIGKILL)
+        targets.update(more)
+    await proc.wait()
+    left = await _wait_gone(targets, loop.time() + _AFTER_KILL_S, None)
+    if left:
+        logger.warning("processes still alive after SIGKILL: {}", [p.pid for p in left])
+    return KillReport(
+        pid=pid,
+        seen=seen,
+        killed=killed,
+        survivors=tuple(p.pid for p in left),
+        returncode=proc.returncode,
+    )
+
+
+async def reap_leftovers(proc: asyncio.subprocess.Process, *, grace: float) -> int:
+    """After a normal exit: stop whatever is still running in the CLI's session or group."""
+    found = leftovers(proc.pid)
+    if not found:
+        return 0
+    logger.info("stopping {} leftover processes of claude pid {}", len(found), proc.pid)
+    await kill_tree(proc, grace=grace)
+    return len(found)

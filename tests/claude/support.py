@@ -1,0 +1,148 @@
+"""Helpers for the launcher tests (importable as ``tests.claude.support``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from feishu_bot.events import ClaudeEvent, TurnRequest
+
+SAMPLES = Path(__file__).resolve().parent / "samples"
+
+
+@dataclass
+class MemoryBinding:
+    """A SessionBinding that remembers the current session per key and every call in order."""
+
+    sessions: dict[str, str] = field(default_factory=dict)
+    calls: list[tuple[str, ...]] = field(default_factory=list)
+
+    async def set_session(self, key: str, session_id: str) -> None:
+        self.calls.append(("set", key, session_id))
+        self.sessions[key] = session_id
+
+    async def clear_session(self, key: str) -> None:
+        self.calls.append(("clear", key))
+        self.sessions.pop(key, None)
+
+
+class FakeLog:
+    """Reads the records the fake CLI appends to FAKE_CLAUDE_LOG."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def records(self, event: str | None = None) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        out = []
+        for line in self.path.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                if event is None or rec["event"] == event:
+                    out.append(rec)
+        return out
+
+    def starts(self) -> list[dict[str, Any]]:
+        return self.records("start")
+
+    def max_overlap(self) -> int:
+        """Largest number of fake CLI processes alive at once, from their own records."""
+        points: list[tuple[float, int]] = []
+        starts = {r["pid"]: r["mono"] for r in self.records("start")}
+        exits = {r["pid"]: r["mono"] for r in self.records("exit")}
+        assert set(starts) == set(exits), "every fake run must log its exit"
+        for pid, t in starts.items():
+            points.append((t, 1))
+            points.append((exits[pid], -1))
+        # At equal timestamps count the exit first: [start, exit] intervals that only touch
+        # do not overlap.
+        points.sort(key=lambda p: (p[0], p[1]))
+        best = current = 0
+        for _, delta in points:
+            current += delta
+            best = max(best, current)
+        return best
+
+    async def wait_for(
+        self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 10.0
+    ) -> list[dict[str, Any]]:
+        """Poll the log until ``predicate(records)`` holds (the fake runs in another process)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                recs = self.records()
+                if predicate(recs):
+                    return recs
+                await asyncio.sleep(0.01)
+
+
+class EventRecorder:
+    """An on_event callback that keeps every event and lets a test await a kind."""
+
+    def __init__(self) -> None:
+        self.events: list[ClaudeEvent] = []
+        self._changed = asyncio.Event()
+
+    async def __call__(self, event: ClaudeEvent) -> None:
+        self.events.append(event)
+        self._changed.set()
+
+    def kinds(self) -> list[str]:
+        return [e.kind for e in self.events]
+
+    async def wait_kind(self, kind: str, timeout: float = 10.0) -> ClaudeEvent:
+        async with asyncio.timeout(timeout):
+            while True:
+                for event in self.events:
+                    if event.kind == kind:
+                        return event
+                self._changed.clear()
+                await self._changed.wait()
+
+
+def request(workdir: Path, prompt: str = "hello", key: str = "p2p:c1", **kw: Any) -> TurnRequest:
+    return TurnRequest(conversation_key=key, prompt=prompt, workdir=workdir, **kw)
+
+
+async def poll_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait until ``predicate()`` holds, checking every 20 ms (for state in other processes)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            if predicate():
+                return
+            await asyncio.sleep(0.02)
+
+
+def alive_pids(pids: Iterable[int]) -> list[int]:
+    """The pids from ``pids`` that still exist and are not zombies (empty list = all dead)."""
+    alive = []
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.NoSuchProcess:
+            continue
+    return alive
+
+
+def fake_cli_processes(marker: str) -> list[int]:
+    """Pids of live processes whose environment mentions ``marker`` (the test's tmp path)."""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        if proc.pid == os.getpid():
+            continue
+        try:
+            env = proc.environ()
+        except (psutil.Error, OSError):
+            continue
+        if any(marker in v for v in env.values()) and proc.status() != psutil.STATUS_ZOMBIE:
+            found.append(proc.pid)
+    return found
