@@ -44,6 +44,7 @@ from tenacity import (
 
 from feishu_bot.claude.process import kill_tree, reap_leftovers
 from feishu_bot.claude.protocol import Outcome, StreamParser, Verdict, classify
+from feishu_bot.claude.transcripts import discard_transcript
 from feishu_bot.errors import (
     CliNotFound,
     PermanentCliError,
@@ -531,7 +532,11 @@ class Launcher:
                         base = None
                         attempts += 1
                         outcome = await self._attempt(req, base, ticket, on_event, attempts)
-                    return self._judge(outcome, base, attempts, stale_reset, started)
+                    result = self._judge(outcome, base, attempts, stale_reset, started)
+                    if base and cfg.fork_session and result.session_id not in (None, base):
+                        # the fork is a full copy: the parent transcript is dead weight now
+                        await discard_transcript(base, {**os.environ, **dict(cfg.extra_env)})
+                    return result
         except _Retry as exc:
             raise exc.error from None
         raise AssertionError("unreachable")  # pragma: no cover

@@ -195,3 +195,19 @@ async def test_real_bash_tool_children_die_with_the_turn(
         await task
     assert alive_pids([p.pid for p in tool_procs + cli]) == []
     assert processes_under(marker) == []
+
+
+def _transcripts(home: Path) -> set[str]:
+    return {p.stem for p in home.glob(".claude/projects/*/*.jsonl")}
+
+
+async def test_superseded_transcripts_are_removed_and_history_survives(
+    real_launcher, api: FakeAnthropic, workdir: Path, home: Path
+) -> None:
+    launcher = real_launcher()
+    first = await launcher.run(request(workdir, "one"))
+    second = await launcher.run(request(workdir, "two", session_id=first.session_id))
+    third = await launcher.run(request(workdir, "three", session_id=second.session_id))
+    # one transcript per conversation, not one per turn
+    assert _transcripts(home) == {third.session_id}
+    assert api.message_requests[-1].user_texts == ["one", "two", "three"]
