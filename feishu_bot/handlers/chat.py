@@ -25,7 +25,9 @@ STALE_NOTICE = "The earlier Claude session had expired, so this answer starts a 
 
 
 def turn_note(result: TurnResult) -> str:
-    parts = [f"{result.duration_ms / 1000:.1f}s"]
+    # the wall time includes the CLI's start-up, which its own duration_ms leaves out
+    wall_ms = result.extra.get("wall_ms", result.duration_ms)
+    parts = [f"{float(wall_ms) / 1000:.1f}s"]  # type: ignore[arg-type]
     if result.num_turns:
         parts.append(f"{result.num_turns} turn{'s' if result.num_turns != 1 else ''}")
     if result.cost_usd:
