@@ -1,0 +1,96 @@
+"""Load, lost connections, rate limits, and what the logs must never show."""
+
+from __future__ import annotations
+
+import pytest
+
+from feishu_bot.simulator import FeishuSimulator
+from tests.e2e.conftest import StartBot, eventually, final_text
+from tests.fakes.fake_anthropic import FakeAnthropic
+
+
+async def test_acks_stay_fast_while_5_turns_run_and_20_wait(
+    sim: FeishuSimulator, start_bot: StartBot
+) -> None:
+    running = await start_bot(
+        fake_cli=True, CLAUDE_MAX_CONCURRENT=5, CLAUDE_QUEUE_MAX=20, SHUTDOWN_GRACE=0
+    )
+    launcher = running.bot.launcher
+    ids = [
+        await sim.push_message(chat_id=f"oc_load_{i}", text=f"[[fake:hang]] job {i}")
+        for i in range(25)
+    ]
+    await eventually(lambda: (s := launcher.stats()).active == 5 and s.queued == 20)
+    # at capacity: more events still get acked at once, and the overflow is refused clearly
+    extra = [
+        await sim.push_message(chat_id=f"oc_more_{i}", text=f"one more {i}") for i in range(10)
+    ]
+    for mid in ids + extra:
+        ack = await sim.wait_ack(mid)
+        assert ack.code == 200
+        assert ack.latency_s < 1.0, f"ack took {ack.latency_s:.3f}s"
+    text = await final_text(sim, extra[0], contains="busy")
+    assert "5/5 running, 20 queued" in text
+    queued_card = await final_text(sim, ids[-1], contains="queued")
+    assert "position" in queued_card.lower()
+    assert launcher.stats().active <= 5
+
+
+async def test_bot_reconnects_after_the_connection_drops(
+    sim: FeishuSimulator, start_bot: StartBot
+) -> None:
+    running = await start_bot()
+    assert await sim.drop_connections() == 1
+    await sim.wait_for(lambda: sim.total_connections >= 2 and sim.connections == 1, timeout=30)
+    mid = await sim.push_message(text="still there?")
+    await final_text(sim, mid, contains="echo: still there?")
+    assert running.bot.gateway.reconnects >= 1
+
+
+async def test_two_429s_on_the_reply_still_deliver_the_answer(
+    sim: FeishuSimulator, start_bot: StartBot
+) -> None:
+    await start_bot()
+    sim.fail_next(
+        "POST",
+        r"/reply$",
+        status=429,
+        code=99991400,
+        count=2,
+        headers={"x-ogw-ratelimit-reset": "1"},
+    )
+    mid = await sim.push_message(text="through the rate limit")
+    await final_text(sim, mid, contains="echo: through the rate limit")
+    assert len(sim.replies_to(mid)) == 1
+    limited = [r for r in sim.requests if r.status == 429]
+    assert len(limited) == 2
+
+
+async def test_expired_token_is_refreshed(sim: FeishuSimulator, start_bot: StartBot) -> None:
+    await start_bot()
+    first = await sim.push_message(text="one")
+    await final_text(sim, first, contains="echo: one")
+    sim.expire_tokens()
+    second = await sim.push_message(text="two")
+    await final_text(sim, second, contains="echo: two")
+
+
+@pytest.mark.parametrize("level", ["DEBUG", "INFO"])
+async def test_secrets_never_reach_the_logs(
+    sim: FeishuSimulator, anthropic: FakeAnthropic, start_bot: StartBot, level: str
+) -> None:
+    running = await start_bot(LOG_LEVEL=level)
+    mid = await sim.push_message(text="hello")
+    await final_text(sim, mid, contains="echo: hello")
+    await sim.drop_connections()
+    await sim.wait_for(lambda: sim.total_connections >= 2 and sim.connections == 1, timeout=30)
+    sim.expire_tokens()
+    again = await sim.push_message(text="again")
+    await final_text(sim, again, contains="echo: again")
+    await running.stop()
+    logs = running.log_text()
+    assert "connected" in logs.lower()  # the logs are not empty: connects were logged
+    secrets = [sim.options.app_secret, *sim.rest._tokens, *sim.hub._tickets]
+    assert len(secrets) >= 4
+    for secret in secrets:
+        assert secret not in logs, f"secret leaked into logs: {secret[:4]}…"

@@ -1,0 +1,89 @@
+"""Fixtures for the simulator tests: a simulator, a REST session, and the real SDK client
+(through FeishuGateway) connected to it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+
+from feishu_bot.feishu.gateway import FeishuGateway
+from feishu_bot.simulator import FeishuSimulator
+
+TOKEN_PATH = "/open-apis/auth/v3/tenant_access_token/internal"
+
+
+class EventSink:
+    """`on_event` for the gateway: collects envelopes; `wait(n)` waits for the n-th."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, envelope: dict[str, Any]) -> None:
+        self.events.append(envelope)
+        self._changed.set()
+
+    async def wait(self, n: int = 1, timeout: float = 10) -> list[dict[str, Any]]:
+        async with asyncio.timeout(timeout):
+            while len(self.events) < n:
+                self._changed.clear()
+                await self._changed.wait()
+        return self.events
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The SDK's endpoint discovery uses requests, which honours *_PROXY variables.
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[FeishuSimulator]:
+    async with FeishuSimulator() as s:
+        yield s
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def token(sim: FeishuSimulator, http: aiohttp.ClientSession) -> str:
+    async with http.post(
+        sim.base_url + TOKEN_PATH,
+        json={"app_id": sim.options.app_id, "app_secret": sim.options.app_secret},
+    ) as resp:
+        body = await resp.json()
+    return body["tenant_access_token"]
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Callable[..., Awaitable[tuple[FeishuGateway, EventSink]]]]:
+    """Start a FeishuGateway (the real lark_oapi ws client) against a simulator."""
+    gateways: list[FeishuGateway] = []
+
+    async def _connect(sim: FeishuSimulator, **kw: Any) -> tuple[FeishuGateway, EventSink]:
+        sink = EventSink()
+        gw = FeishuGateway(
+            app_id=sim.options.app_id,
+            app_secret=sim.options.app_secret,
+            domain=sim.base_url,
+            on_event=sink,
+            log_level="WARNING",
+            **kw,
+        )
+        gateways.append(gw)
+        await gw.start(timeout=60)
+        return gw, sink
+
+    yield _connect
+    for gw in gateways:
+        await gw.stop()
