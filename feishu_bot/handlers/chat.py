@@ -87,11 +87,9 @@ async def run_chat_turn(
 
     await stream.started()
     result = await ctx.launcher.run(request, on_event=on_event, on_queued=stream.queued)
-    final_text = result.text or "(Claude finished without any text.)"
-    await stream.finish(final_text, note=turn_note(result))
-    ctx.metrics.turn_finished("ok", time.monotonic() - accepted_at)
-    # The answer is delivered: bookkeeping failures from here on must not produce a second,
-    # contradicting reply, so they are logged rather than raised to the error boundary.
+    # Journal before delivering, so that whatever the user does after reading the answer
+    # (/status, a restart) already sees this turn as done. A bookkeeping failure is logged
+    # rather than raised: it must not turn a good answer into an error message.
     try:
         await ctx.store.record_turn(msg.conversation_key, cost_usd=result.cost_usd)
         await ctx.store.update_turn(
@@ -103,5 +101,8 @@ async def run_chat_turn(
             cost_usd=result.cost_usd,
         )
     except Exception:
-        logger.exception("turn {} answered but could not be journaled", turn_id)
+        logger.exception("turn {} could not be journaled", turn_id)
+    final_text = result.text or "(Claude finished without any text.)"
+    await stream.finish(final_text, note=turn_note(result))
+    ctx.metrics.turn_finished("ok", time.monotonic() - accepted_at)
     return result

@@ -133,8 +133,10 @@ async def test_retry_of_a_resumed_turn_does_not_repeat_the_prompt(
     assert second.attempts == 2
     assert second.text == "history: one | two"  # "two" once, not twice
     home = Path(fake_env["HOME"])
-    assert session_prompts(home, first.session_id) == ["one"]  # the base was never touched
+    # the retry resumed the untouched base, so its fork holds "two" once; the base itself,
+    # now superseded by that fork, was removed from disk
     assert session_prompts(home, second.session_id) == ["one", "two"]
+    assert list((home / ".claude").rglob(f"{first.session_id}.jsonl")) == []
     assert binding.sessions["p2p:c1"] == second.session_id
 
 

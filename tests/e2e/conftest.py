@@ -120,14 +120,33 @@ async def start_bot(
 async def final_text(
     sim: FeishuSimulator, message_id: str, *, contains: str, timeout: float = 60
 ) -> str:
-    """Wait until a reply to `message_id` shows `contains` in a finished state; return all text."""
+    """Wait until a reply to `message_id` shows `contains` in a finished state; return all text.
+
+    Finished means the "working" reaction is gone too: a streamed card can already show the
+    whole answer before the turn is over, and the reaction is removed only after the final
+    update.
+    """
 
     def done() -> str | None:
         texts = [sim.message_text(m) for m in sim.replies_to(message_id)]
         joined = "\n".join(texts)
-        return joined if contains in joined else None
+        if contains not in joined or sim.live_reactions(message_id):
+            return None
+        return joined
 
     return await sim.wait_for(done, timeout)
+
+
+async def shown_text(
+    sim: FeishuSimulator, message_id: str, *, contains: str, timeout: float = 30
+) -> str:
+    """Wait until a reply to `message_id` shows `contains`, finished or not (progress states)."""
+
+    def shown() -> str | None:
+        joined = "\n".join(sim.message_text(m) for m in sim.replies_to(message_id))
+        return joined if contains in joined else None
+
+    return await sim.wait_for(shown, timeout)
 
 
 async def eventually(predicate: Callable[[], Any], timeout: float = 30, step: float = 0.02) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from feishu_bot.simulator import FeishuSimulator
-from tests.e2e.conftest import StartBot, eventually, final_text
+from tests.e2e.conftest import StartBot, eventually, final_text, shown_text
 from tests.fakes.fake_anthropic import FakeAnthropic
 
 
@@ -31,7 +31,7 @@ async def test_acks_stay_fast_while_5_turns_run_and_20_wait(
         assert ack.latency_s < 1.0, f"ack took {ack.latency_s:.3f}s"
     text = await final_text(sim, extra[0], contains="busy")
     assert "5/5 running, 20 queued" in text
-    queued_card = await final_text(sim, ids[-1], contains="queued")
+    queued_card = await shown_text(sim, ids[-1], contains="queued")
     assert "position" in queued_card.lower()
     assert launcher.stats().active <= 5
 
