@@ -138,3 +138,33 @@ async def test_no_cli_processes_left_after_stop(
     assert await running.stop() == 0
     children = psutil.Process().children(recursive=True)
     assert [c for c in children if "claude" in " ".join(c.cmdline())] == []
+
+
+async def test_a_topic_is_its_own_conversation_and_replies_stay_in_the_thread(
+    sim: FeishuSimulator, anthropic: FakeAnthropic, start_bot: StartBot
+) -> None:
+    running = await start_bot()
+    in_group = await sim.push_message(chat_type="group", text="group level", mention_bot=True)
+    await final_text(sim, in_group, contains="echo: group level")
+    root = "om_topic_root_1"
+    in_topic = await sim.push_message(
+        chat_type="group",
+        text="inside the topic",
+        mention_bot=True,
+        root_id=root,
+        thread_id="omt_1",
+    )
+    await final_text(sim, in_topic, contains="echo: inside the topic")
+    (reply,) = sim.replies_to(in_topic)
+    assert reply.reply_in_thread is True
+    assert sim.replies_to(in_group)[0].reply_in_thread is False
+    # the topic did not resume the group's session
+    assert "group level" not in json.dumps(anthropic.message_requests[-1].body)
+    await running.stop()
+    store = await SessionStore.open(running.settings.DATABASE_PATH)
+    try:
+        topic = await store.get_conversation(f"thread:oc_sim_group:{root}")
+        group = await store.get_conversation("group:oc_sim_group")
+    finally:
+        await store.close()
+    assert topic and group and topic.session_id != group.session_id
