@@ -1,9 +1,12 @@
 """The composition root: the only place that builds services and wires them together.
 
-Lifetimes hang on one AsyncExitStack (torn down in reverse). Shutdown order on SIGTERM/SIGINT:
-stop taking events (gateway first), let running turns finish for SHUTDOWN_GRACE seconds, cancel
-what is left (users are told), then close the launcher, the replier and the store. A second
-signal skips the grace period.
+Lifetimes hang on one AsyncExitStack (torn down in reverse). The SIGTERM/SIGINT handlers are
+installed before anything starts and removed last. Shutdown order on the first signal: close the
+websocket (events not yet delivered stay with Feishu), turns that have not started are kept
+queued in the journal for the next start, running turns get SHUTDOWN_GRACE seconds, what is
+still running then is cancelled (process trees killed, users told), then the launcher, the
+replier and the store close and `run()` returns 0. A second signal skips the rest of the grace
+period. A signal during startup abandons the start and exits 0.
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ class Bot:
 
     def request_stop(self) -> None:
         """First call: graceful stop. Second call: skip the grace period."""
-        if self._stop.is_set():
+        if self._force.is_set():
+            logger.warning("stop signal: already stopping as fast as possible")
+        elif self._stop.is_set():
             logger.warning("second stop signal: stopping now")
             self._force.set()
         else:
@@ -51,14 +56,19 @@ class Bot:
             self._stop.set()
 
     async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGTERM, signal.SIGINT)
+        for sig in signals:
+            loop.add_signal_handler(sig, self.request_stop)
         try:
             async with AsyncExitStack() as stack:
-                code = await self._start(stack)
-                if code != EXIT_OK:
-                    return code
-                self.ready.set()
-                await self._stop.wait()
-                await self._drain()
+                await self._open_store(stack)
+                if not await self._start_unless_stopped(stack):
+                    logger.info("stop requested during startup: start abandoned")
+                else:
+                    self.ready.set()
+                    await self._stop.wait()
+                    await self._drain()
             logger.info("feishu-bot stopped")
             return EXIT_OK
         except FeishuApiError as exc:
@@ -66,9 +76,37 @@ class Bot:
                 "Feishu refused the app credentials or the call: {} (code {})", exc, exc.code
             )
             return EXIT_CONFIG
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
 
-    async def _start(self, stack: AsyncExitStack) -> int:
+    async def _open_store(self, stack: AsyncExitStack) -> None:
+        # Opened before the cancellable part of the start: a half-opened connection has a
+        # non-daemon thread that would keep the process alive.
         from database.store import SessionStore
+
+        logger.info("feishu-bot {} starting (domain {})", __version__, self.settings.FEISHU_DOMAIN)
+        store = await SessionStore.open(self.settings.DATABASE_PATH)
+        stack.push_async_callback(store.close)
+        self.store = store
+
+    async def _start_unless_stopped(self, stack: AsyncExitStack) -> bool:
+        """Run `_start`; False if a stop signal came first (the start is then cancelled)."""
+        start = asyncio.ensure_future(self._start(stack))
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({start, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not start.done():
+                start.cancel()
+                await asyncio.gather(start, return_exceptions=True)
+        if start.cancelled():
+            return False
+        start.result()  # re-raise a failed start
+        return True
+
+    async def _start(self, stack: AsyncExitStack) -> None:
         from feishu_bot.claude.launcher import Launcher, LauncherConfig
         from feishu_bot.context import BotContext
         from feishu_bot.dispatch import Dispatcher
@@ -82,13 +120,10 @@ class Bot:
         from feishu_bot.turns import TurnRegistry
 
         s = self.settings
-        logger.info("feishu-bot {} starting (domain {})", __version__, s.FEISHU_DOMAIN)
+        store = self.store
         workdir_root = Path(s.CLAUDE_WORKDIR).expanduser().resolve()
         workdir_root.mkdir(parents=True, exist_ok=True)
 
-        store = await SessionStore.open(s.DATABASE_PATH)
-        stack.push_async_callback(store.close)
-        self.store = store
         cleared = await store.wipe_stale_sessions(s.SESSION_STALE_HOURS)
         logger.info(
             "Cleared {} Claude session IDs inactive for {:g}h+", cleared, s.SESSION_STALE_HOURS
@@ -167,16 +202,12 @@ class Bot:
             stack.push_async_callback(server.stop)
             logger.info("health endpoint on http://{}:{}/healthz", s.HEALTH_HOST, server.port)
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
-            stack.callback(loop.remove_signal_handler, sig)
         logger.info(
             "feishu-bot ready: max {} concurrent claude processes, queue {}, timeout {:g}s",
             s.CLAUDE_MAX_CONCURRENT,
             s.CLAUDE_QUEUE_MAX,
             s.CLAUDE_TIMEOUT,
         )
-        return EXIT_OK
 
     async def _recover(self, dispatcher: Any) -> None:
         """Finish what a crash left in the journal: re-run queued turns, report running ones."""
@@ -186,10 +217,17 @@ class Bot:
         pending = await self.store.pending_turns()
         if not pending:
             return
-        logger.warning("recovering {} unfinished turns from the journal", len(pending))
+        running = sum(1 for turn in pending if turn.status == "running")
+        logger.warning(
+            "recovery: {} turns were running when the bot stopped (not re-run, users told), "
+            "{} queued turns run again in order",
+            running,
+            len(pending) - running,
+        )
         for turn in pending:
             chat_type, thread_root = _split_key(turn.conversation_key)
             if turn.status == "running":
+                # Not re-run: it may have called tools and changed files already.
                 await self.store.update_turn(turn.id, status="interrupted", error="bot restarted")
                 try:
                     await self._ctx.replier.reply_text(
@@ -211,21 +249,42 @@ class Bot:
             dispatcher.resume_turn(msg, turn.id)
 
     async def _drain(self) -> None:
+        """Graceful stop; see the module docstring for the order. Never raises on a stuck turn."""
+        loop = asyncio.get_running_loop()
+        began = loop.time()
         turns = self._ctx.turns
         if self.gateway is not None:
             await self.gateway.stop()
         self.dispatcher.stop_accepting()
+        # One loop pass first: a turn task created while the gateway stopped must take its first
+        # step (journaling the message) before it is cancelled, or the acked message is lost.
+        await asyncio.sleep(0)
+        # Turns that have not started are kept queued in the journal rather than started now
+        # and interrupted when the grace runs out.
+        kept = turns.cancel_waiting("shutdown")
         grace = self.settings.SHUTDOWN_GRACE
-        stop_wait = asyncio.ensure_future(self._force.wait())
-        idle = asyncio.ensure_future(turns.wait_idle(grace))
-        await asyncio.wait({stop_wait, idle}, return_when=asyncio.FIRST_COMPLETED)
-        stop_wait.cancel()
-        if not (idle.done() and idle.result()):
+        logger.info(
+            "shutdown: stopped taking events; {} running turns get up to {:g}s, "
+            "{} waiting turns kept for the next start",
+            turns.running_turns,
+            grace,
+            kept,
+        )
+        finished = False
+        if not self._force.is_set():
+            force = asyncio.ensure_future(self._force.wait())
+            idle = asyncio.ensure_future(turns.wait_idle(grace))
+            await asyncio.wait({force, idle}, return_when=asyncio.FIRST_COMPLETED)
+            force.cancel()
+            finished = idle.done() and idle.result()
             idle.cancel()
+        if not finished:
             cancelled = turns.cancel_all("shutdown")
-            logger.warning("shutdown: interrupting {} turns still running or queued", cancelled)
+            logger.warning("shutdown: interrupting {} turns still running", cancelled)
             # cancelled turns kill their process trees (SIGTERM, grace, SIGKILL) before ending
-            await turns.wait_idle(KILL_BUDGET_S)
+            if not await turns.wait_idle(KILL_BUDGET_S):
+                logger.error("shutdown: turns still not finished after {:g}s", KILL_BUDGET_S)
+        logger.info("shutdown: turns drained in {:.1f}s", loop.time() - began)
 
     def _metrics_snapshot(self) -> dict[str, Any]:
         status = self._gateway_status()

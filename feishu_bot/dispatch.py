@@ -146,7 +146,11 @@ class Dispatcher:
         self._accepting = True
 
     def stop_accepting(self) -> None:
-        """After this, new events are dropped unacknowledged-in-spirit (logged, not run)."""
+        """Shutdown: a message turn that still arrives is journaled as queued and not run.
+
+        The SDK has acked such an event already, so dropping it would lose it; the next start
+        runs it from the journal (`Bot._recover`). Commands still run (they are quick).
+        """
         self._accepting = False
 
     # -- hand-off ---------------------------------------------------------------------------
@@ -164,9 +168,6 @@ class Dispatcher:
             logger.debug("dispatch: ignoring event type {}", event_type)
             return
         self.counters.events += 1
-        if not self._accepting:
-            logger.warning("dispatch: shutting down, event not taken")
-            return
         try:
             msg = parse_message_event(envelope, self._bot_open_id)
         except MalformedEvent as exc:
@@ -275,6 +276,12 @@ class Dispatcher:
                         return
                 self.counters.turns_accepted += 1
                 stream = self._stream_factory(ctx.replier, msg.message_id, in_thread=msg.in_thread)
+                if not self._accepting:
+                    logger.info("turn {} arrived during shutdown: kept queued", turn_id)
+                    await self._record_failure(
+                        stream, turn_id, DEFERRED_TEXT, "queued", error="shutdown"
+                    )
+                    return
                 ahead = ctx.turns.position(handle)
                 if ahead:
                     await stream.queued(ahead)
@@ -333,7 +340,7 @@ class Dispatcher:
         exc: BaseException | None = None,
     ) -> None:
         partial = exc.partial_text if isinstance(exc, ClaudeError) else None
-        outcome = status
+        outcome = "deferred" if status == "queued" else status
         if isinstance(exc, QueueFull):
             outcome = "busy"
         elif isinstance(exc, TurnTimeout):

@@ -131,10 +131,42 @@ class TurnRegistry:
         return count
 
     def cancel_all(self, reason: str) -> int:
+        """Cancel every turn not already being cancelled (a second cancel would cut short its
+        reply to the user)."""
         count = 0
-        for key in list(self._handles):
-            count += self.cancel_conversation(key, reason)
+        for handles in list(self._handles.values()):
+            for handle in handles:
+                if handle.cancel_reason is not None:
+                    continue
+                if handle.task is not None and not handle.task.done():
+                    handle.cancel_reason = reason
+                    handle.task.cancel()
+                    count += 1
         return count
+
+    def cancel_waiting(self, reason: str) -> int:
+        """Cancel every turn whose CLI has not produced output yet (shutdown: keep it queued).
+
+        Turns marked `running` are left alone: they may have called the API or changed files,
+        so they get the grace period instead of a re-run. A task cancelled before its first step
+        never runs its body: give new tasks a loop pass before calling this.
+        """
+        count = 0
+        for handles in list(self._handles.values()):
+            for handle in handles:
+                if handle.running or handle.cancel_reason is not None:
+                    continue
+                if handle.task is None or handle.task.done():
+                    continue
+                handle.cancel_reason = reason
+                handle.task.cancel()
+                count += 1
+        return count
+
+    @property
+    def running_turns(self) -> int:
+        """Turns whose CLI has produced output (what the shutdown grace is for)."""
+        return sum(1 for hs in self._handles.values() for h in hs if h.running)
 
     @property
     def active_turns(self) -> int:

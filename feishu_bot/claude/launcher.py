@@ -42,7 +42,7 @@ from tenacity import (
     stop_after_attempt,
 )
 
-from feishu_bot.claude.process import kill_tree, reap_leftovers
+from feishu_bot.claude.process import die_with_parent, kill_tree, reap_leftovers
 from feishu_bot.claude.protocol import Outcome, StreamParser, Verdict, classify
 from feishu_bot.claude.transcripts import discard_transcript
 from feishu_bot.errors import (
@@ -645,6 +645,7 @@ class Launcher:
                 cwd=workdir,
                 env=env,
                 start_new_session=True,
+                preexec_fn=die_with_parent(),
             )
         except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
             ticket.attempt_started = None

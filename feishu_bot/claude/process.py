@@ -22,8 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import functools
 import os
 import signal
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psutil
@@ -193,3 +197,34 @@ async def reap_leftovers(proc: asyncio.subprocess.Process, *, grace: float) -> i
     logger.info("stopping {} leftover processes of claude pid {}", len(found), proc.pid)
     await kill_tree(proc, grace=grace)
     return len(found)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+@functools.cache
+def die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel SIGTERM the CLI when the bot dies, even by SIGKILL.
+
+    Linux only (None elsewhere). Resolved in the parent, so the child between fork and exec
+    only makes one system call. The signal fires when the *thread* that forked exits: the
+    launcher spawns from the event loop's thread, which lives as long as the bot. Covers the
+    CLI itself, not its Bash-tool children (own sessions); after a crash those still need
+    the journal's "interrupted" handling and an operator's cleanup.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    parent = os.getpid()
+
+    def set_pdeathsig() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the bot died between fork() and prctl()
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return set_pdeathsig
