@@ -21,7 +21,7 @@ from loguru import logger
 
 from feishu_bot import __version__
 from feishu_bot.config import Settings
-from feishu_bot.errors import FeishuApiError
+from feishu_bot.errors import FeishuApiError, GatewayError
 
 __all__ = ["Bot", "run_app"]
 
@@ -76,6 +76,16 @@ class Bot:
                 "Feishu refused the app credentials or the call: {} (code {})", exc, exc.code
             )
             return EXIT_CONFIG
+        except GatewayError as exc:
+            if exc.code:
+                logger.error(
+                    "Feishu refused the long connection (code {}): check FEISHU_APP_ID, "
+                    "FEISHU_APP_SECRET and FEISHU_DOMAIN",
+                    exc.code,
+                )
+                return EXIT_CONFIG
+            logger.error("could not open the Feishu long connection: {}", exc)
+            return EXIT_FAILURE
         finally:
             for sig in signals:
                 loop.remove_signal_handler(sig)

@@ -119,3 +119,18 @@ class FeishuTokenInvalid(FeishuTransientError):
 
 
 __all__ += ["FeishuRateLimited", "FeishuTokenInvalid", "FeishuTransientError"]
+
+
+class GatewayError(BotError):
+    """The Feishu long connection could not be established.
+
+    `code` is the code Feishu answered to endpoint discovery when it refused the app (for
+    instance a wrong app secret); 0 when the failure was a timeout or a crash.
+    """
+
+    def __init__(self, message: str, *, code: int = 0) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+__all__ += ["GatewayError"]

@@ -37,7 +37,7 @@ from typing import Any
 
 from loguru import logger
 
-from feishu_bot.errors import BotError
+from feishu_bot.errors import GatewayError
 
 __all__ = ["ACKED_EVENT_TYPES", "MESSAGE_RECEIVE", "FeishuGateway", "GatewayError"]
 
@@ -59,18 +59,6 @@ ACKED_EVENT_TYPES: tuple[str, ...] = (
 DISCOVERY_TIMEOUT_S = 15.0
 _CHECK_EVERY_MAX_S = 1.0
 _MAX_REBUILD_BACKOFF_S = 60.0
-
-
-class GatewayError(BotError):
-    """The long connection could not be established.
-
-    `code` is the code Feishu answered to endpoint discovery when it refused the app (for
-    instance a wrong app secret); 0 when the failure was a timeout or a crash.
-    """
-
-    def __init__(self, message: str, *, code: int = 0) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class FeishuGateway:

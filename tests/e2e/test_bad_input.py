@@ -86,3 +86,32 @@ async def test_a_long_prompt_over_100kb_of_text_runs(
     mid = await sim.push_message(text=prompt + "END")
     await final_text(sim, mid, contains="END", timeout=90)
     assert anthropic.message_requests[-1].last_user_text.endswith("END")
+
+
+async def test_wrong_app_secret_exits_2_and_never_logs_it(sim: FeishuSimulator, tmp_path) -> None:
+    import io
+
+    from loguru import logger
+
+    from feishu_bot.app import Bot
+    from feishu_bot.config import Settings
+    from feishu_bot.log import configure_logging
+
+    wrong = "definitely-not-the-secret-42"
+    logs = io.StringIO()
+    configure_logging(level="DEBUG", secrets=[wrong], stderr=logs)
+    try:
+        settings = Settings(
+            _env_file=None,
+            FEISHU_APP_ID=sim.options.app_id,
+            FEISHU_APP_SECRET=wrong,
+            FEISHU_DOMAIN=sim.base_url,
+            DATABASE_PATH=tmp_path / "bot.db",
+            CLAUDE_WORKDIR=tmp_path / "ws",
+            LOG_DIR="",
+        )
+        assert await Bot(settings).run() == 2
+    finally:
+        logger.remove()
+    assert "refused" in logs.getvalue()
+    assert wrong not in logs.getvalue()
