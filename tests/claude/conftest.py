@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from feishu_bot.claude.launcher import Launcher, LauncherConfig
-from tests.claude.support import FakeLog, MemoryBinding
+from tests.claude.support import MemoryBinding
 from tests.fakes.claude_env import FAKE_CLAUDE_BIN
+from tests.fakes.fake_claude_log import FakeClaudeLog
 
 
 @pytest.fixture
@@ -22,8 +23,8 @@ def workdir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def fake_log(tmp_path: Path) -> FakeLog:
-    return FakeLog(tmp_path / "fake_claude.log")
+def fake_log(tmp_path: Path) -> FakeClaudeLog:
+    return FakeClaudeLog(tmp_path / "fake_claude.log")
 
 
 @pytest.fixture
@@ -32,7 +33,7 @@ def binding() -> MemoryBinding:
 
 
 @pytest.fixture
-def fake_env(tmp_path: Path, fake_log: FakeLog) -> dict[str, str]:
+def fake_env(tmp_path: Path, fake_log: FakeClaudeLog) -> dict[str, str]:
     home = tmp_path / "home"
     home.mkdir()
     return {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -31,56 +30,6 @@ class MemoryBinding:
     async def clear_session(self, key: str) -> None:
         self.calls.append(("clear", key))
         self.sessions.pop(key, None)
-
-
-class FakeLog:
-    """Reads the records the fake CLI appends to FAKE_CLAUDE_LOG."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def records(self, event: str | None = None) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        out = []
-        for line in self.path.read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                if event is None or rec["event"] == event:
-                    out.append(rec)
-        return out
-
-    def starts(self) -> list[dict[str, Any]]:
-        return self.records("start")
-
-    def max_overlap(self) -> int:
-        """Largest number of fake CLI processes alive at once, from their own records."""
-        points: list[tuple[float, int]] = []
-        starts = {r["pid"]: r["mono"] for r in self.records("start")}
-        exits = {r["pid"]: r["mono"] for r in self.records("exit")}
-        assert set(starts) == set(exits), "every fake run must log its exit"
-        for pid, t in starts.items():
-            points.append((t, 1))
-            points.append((exits[pid], -1))
-        # At equal timestamps count the exit first: [start, exit] intervals that only touch
-        # do not overlap.
-        points.sort(key=lambda p: (p[0], p[1]))
-        best = current = 0
-        for _, delta in points:
-            current += delta
-            best = max(best, current)
-        return best
-
-    async def wait_for(
-        self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 10.0
-    ) -> list[dict[str, Any]]:
-        """Poll the log until ``predicate(records)`` holds (the fake runs in another process)."""
-        async with asyncio.timeout(timeout):
-            while True:
-                recs = self.records()
-                if predicate(recs):
-                    return recs
-                await asyncio.sleep(0.01)
 
 
 class EventRecorder:

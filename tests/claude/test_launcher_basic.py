@@ -11,11 +11,12 @@ import pytest
 
 from feishu_bot.claude.launcher import LauncherConfig
 from feishu_bot.errors import CliNotFound, PermanentCliError
-from tests.claude.support import EventRecorder, FakeLog, MemoryBinding, request
+from tests.claude.support import EventRecorder, MemoryBinding, request
+from tests.fakes.fake_claude_log import FakeClaudeLog
 
 
 async def test_echo_turn_streams_events_and_saves_the_session(
-    make_launcher, workdir: Path, binding: MemoryBinding, fake_log: FakeLog
+    make_launcher, workdir: Path, binding: MemoryBinding, fake_log: FakeClaudeLog
 ) -> None:
     launcher = make_launcher()
     seen_binding_at_init: list[dict[str, str]] = []
@@ -59,7 +60,7 @@ async def test_echo_turn_streams_events_and_saves_the_session(
 
 
 async def test_arguments_from_config_and_request(
-    make_launcher, workdir: Path, fake_log: FakeLog
+    make_launcher, workdir: Path, fake_log: FakeClaudeLog
 ) -> None:
     launcher = make_launcher(
         allowed_tools=("Bash(git *)", "Edit"),
@@ -76,7 +77,7 @@ async def test_arguments_from_config_and_request(
 
 
 async def test_resume_forks_and_keeps_context(
-    make_launcher, workdir: Path, binding: MemoryBinding, fake_log: FakeLog
+    make_launcher, workdir: Path, binding: MemoryBinding, fake_log: FakeClaudeLog
 ) -> None:
     launcher = make_launcher(mode="history")
     first = await launcher.run(request(workdir, "one"))
@@ -90,7 +91,7 @@ async def test_resume_forks_and_keeps_context(
 
 
 async def test_resume_without_fork_keeps_the_id(
-    make_launcher, workdir: Path, fake_log: FakeLog, binding: MemoryBinding
+    make_launcher, workdir: Path, fake_log: FakeClaudeLog, binding: MemoryBinding
 ) -> None:
     launcher = make_launcher(mode="history", fork_session=False)
     first = await launcher.run(request(workdir, "one"))
@@ -163,7 +164,7 @@ async def test_missing_workdir_is_permanent(make_launcher, tmp_path: Path) -> No
     ],
 )
 async def test_permanent_failures_are_not_retried(
-    make_launcher, workdir: Path, fake_log: FakeLog, mode: str, reason: str
+    make_launcher, workdir: Path, fake_log: FakeClaudeLog, mode: str, reason: str
 ) -> None:
     launcher = make_launcher(mode=mode, max_retries=3)
     with pytest.raises(PermanentCliError) as info:
@@ -201,7 +202,9 @@ async def test_callback_errors_do_not_break_the_turn(make_launcher, workdir: Pat
     assert calls >= 3
 
 
-async def test_extra_env_reaches_the_child(make_launcher, workdir: Path, fake_log: FakeLog) -> None:
+async def test_extra_env_reaches_the_child(
+    make_launcher, workdir: Path, fake_log: FakeClaudeLog
+) -> None:
     launcher = make_launcher(env={"FAKE_CLAUDE_SESSION_ID": "fixed-session-id"})
     result = await launcher.run(request(workdir))
     assert result.session_id == "fixed-session-id"
@@ -241,7 +244,7 @@ def test_config_from_settings() -> None:
         LauncherConfig(bin="x", max_concurrent=0)
 
 
-def test_log_records_are_json(fake_log: FakeLog) -> None:
+def test_log_records_are_json(fake_log: FakeClaudeLog) -> None:
     # the helper tolerates a missing file
     assert fake_log.records() == []
     fake_log.path.write_text(json.dumps({"event": "start", "pid": 1, "mono": 0.0}) + "\n")

@@ -8,13 +8,8 @@ from pathlib import Path
 import pytest
 
 from feishu_bot.errors import TurnCancelled
-from tests.claude.support import (
-    EventRecorder,
-    FakeLog,
-    alive_pids,
-    fake_cli_processes,
-    request,
-)
+from tests.claude.support import EventRecorder, alive_pids, fake_cli_processes, request
+from tests.fakes.fake_claude_log import FakeClaudeLog
 
 
 def assert_idle(launcher) -> None:
@@ -29,7 +24,7 @@ async def cancel_and_wait(task: asyncio.Task) -> None:
 
 
 async def test_cancel_while_queued(
-    make_launcher, workdir: Path, fake_log: FakeLog, fake_env: dict[str, str]
+    make_launcher, workdir: Path, fake_log: FakeClaudeLog, fake_env: dict[str, str]
 ) -> None:
     launcher = make_launcher(max_concurrent=1)
     holder = asyncio.create_task(launcher.run(request(workdir, "[[fake:gate]] h", key="h")))
@@ -52,12 +47,12 @@ async def test_cancel_while_queued(
 
 
 async def test_cancel_while_the_process_starts(
-    make_launcher, workdir: Path, fake_log: FakeLog
+    make_launcher, workdir: Path, fake_log: FakeClaudeLog
 ) -> None:
     """The CLI runs but has printed nothing yet."""
     launcher = make_launcher(mode="hang_before_init")
     task = asyncio.create_task(launcher.run(request(workdir)))
-    recs = await fake_log.wait_for(lambda r: any(x["event"] == "start" for x in r))
+    recs = await fake_log.wait_for(lambda r: [x for x in r if x["event"] == "start"])
     pid = recs[0]["pid"]
     await cancel_and_wait(task)
     assert alive_pids([pid]) == []
@@ -82,7 +77,9 @@ async def test_cancel_at_any_early_moment_leaves_nothing_behind(
     assert (await ok.run(request(workdir, "after"))).text == "echo: after"
 
 
-async def test_cancel_while_streaming(make_launcher, workdir: Path, fake_log: FakeLog) -> None:
+async def test_cancel_while_streaming(
+    make_launcher, workdir: Path, fake_log: FakeClaudeLog
+) -> None:
     launcher = make_launcher(mode="spawn_child", max_concurrent=1)
     recorder = EventRecorder()
     task = asyncio.create_task(launcher.run(request(workdir), on_event=recorder))
@@ -100,7 +97,7 @@ async def test_cancel_while_streaming(make_launcher, workdir: Path, fake_log: Fa
 
 
 async def test_cancel_while_sleeping_between_retries(
-    make_launcher, workdir: Path, fake_log: FakeLog, tmp_path: Path
+    make_launcher, workdir: Path, fake_log: FakeClaudeLog, tmp_path: Path
 ) -> None:
     sleeping = asyncio.Event()
 
@@ -121,11 +118,11 @@ async def test_cancel_while_sleeping_between_retries(
 
 
 async def test_second_cancel_during_the_kill_still_waits_for_the_tree(
-    make_launcher, workdir: Path, fake_log: FakeLog
+    make_launcher, workdir: Path, fake_log: FakeClaudeLog
 ) -> None:
     launcher = make_launcher(mode="hang_ignore_term", kill_grace=0.5)
     task = asyncio.create_task(launcher.run(request(workdir)))
-    recs = await fake_log.wait_for(lambda r: any(x["event"] == "start" for x in r))
+    recs = await fake_log.wait_for(lambda r: [x for x in r if x["event"] == "start"])
     pid = recs[0]["pid"]
     await asyncio.sleep(0.05)
     task.cancel()
@@ -138,7 +135,7 @@ async def test_second_cancel_during_the_kill_still_waits_for_the_tree(
 
 
 async def test_aclose_cancels_running_and_queued_turns(
-    make_launcher, workdir: Path, fake_log: FakeLog, tmp_path: Path
+    make_launcher, workdir: Path, fake_log: FakeClaudeLog, tmp_path: Path
 ) -> None:
     launcher = make_launcher(mode="spawn_child", max_concurrent=2)
     tasks = [

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from feishu_bot.errors import TransientCliError, TurnTimeout
-from tests.claude.support import FakeLog, MemoryBinding, alive_pids, request
+from tests.claude.support import MemoryBinding, alive_pids, request
+from tests.fakes.fake_claude_log import FakeClaudeLog
 
 
 class RecordingSleep:
@@ -31,7 +32,7 @@ def session_prompts(home: Path, session_id: str) -> list[str]:
 
 # ---------------------------------------------------------------- stale sessions
 async def test_stale_session_is_cleared_and_retried_fresh_once(
-    make_launcher, workdir: Path, binding: MemoryBinding, fake_log: FakeLog
+    make_launcher, workdir: Path, binding: MemoryBinding, fake_log: FakeClaudeLog
 ) -> None:
     binding.sessions["p2p:c1"] = "6b0e1c1e-0000-4000-8000-00000000dead"
     launcher = make_launcher(max_retries=0)
@@ -51,7 +52,7 @@ async def test_stale_session_is_cleared_and_retried_fresh_once(
 
 
 async def test_stale_mode_with_an_existing_session(
-    make_launcher, workdir: Path, binding: MemoryBinding, fake_log: FakeLog
+    make_launcher, workdir: Path, binding: MemoryBinding, fake_log: FakeClaudeLog
 ) -> None:
     launcher = make_launcher()
     first = await launcher.run(request(workdir, "one"))
@@ -63,7 +64,7 @@ async def test_stale_mode_with_an_existing_session(
 
 
 async def test_stale_then_transient_failure_retries_fresh(
-    make_launcher, workdir: Path, fake_log: FakeLog
+    make_launcher, workdir: Path, fake_log: FakeClaudeLog
 ) -> None:
     sleep = RecordingSleep()
     # run 0: the unknown --resume is stale; run 1: api error; run 2: fine
@@ -78,7 +79,7 @@ async def test_stale_then_transient_failure_retries_fresh(
 
 # ---------------------------------------------------------------- transient retries
 async def test_transient_failures_retry_with_exponential_backoff_then_give_up(
-    make_launcher, workdir: Path, fake_log: FakeLog
+    make_launcher, workdir: Path, fake_log: FakeClaudeLog
 ) -> None:
     sleep = RecordingSleep()
     launcher = make_launcher(mode="api_error", sleep=sleep, max_retries=2, retry_delay=0.5)
@@ -97,7 +98,7 @@ async def test_transient_failures_retry_with_exponential_backoff_then_give_up(
 
 
 async def test_backoff_really_sleeps_between_attempts(
-    make_launcher, workdir: Path, fake_log: FakeLog
+    make_launcher, workdir: Path, fake_log: FakeClaudeLog
 ) -> None:
     launcher = make_launcher(mode="crash", max_retries=1, retry_delay=0.2)
     with pytest.raises(TransientCliError):
@@ -109,7 +110,7 @@ async def test_backoff_really_sleeps_between_attempts(
 
 
 async def test_retry_succeeds_and_does_not_resume_the_failed_new_session(
-    make_launcher, workdir: Path, binding: MemoryBinding, fake_log: FakeLog
+    make_launcher, workdir: Path, binding: MemoryBinding, fake_log: FakeClaudeLog
 ) -> None:
     sleep = RecordingSleep()
     launcher = make_launcher(mode="api_error,echo", sleep=sleep)
@@ -141,7 +142,7 @@ async def test_retry_of_a_resumed_turn_does_not_repeat_the_prompt(
 
 
 async def test_without_fork_a_resumed_turn_that_failed_after_init_is_not_retried(
-    make_launcher, workdir: Path, fake_log: FakeLog, fake_env: dict[str, str]
+    make_launcher, workdir: Path, fake_log: FakeClaudeLog, fake_env: dict[str, str]
 ) -> None:
     sleep = RecordingSleep()
     launcher = make_launcher(mode="history,api_error,history", sleep=sleep, fork_session=False)
@@ -170,7 +171,7 @@ async def test_crashes_and_signals_are_transient(
 
 # ---------------------------------------------------------------- timeouts
 async def test_timeout_kills_the_whole_tree(
-    make_launcher, workdir: Path, fake_log: FakeLog
+    make_launcher, workdir: Path, fake_log: FakeClaudeLog
 ) -> None:
     launcher = make_launcher(mode="spawn_child", timeout=1.5, kill_grace=1.0, max_retries=2)
     with pytest.raises(TurnTimeout) as info:
@@ -187,7 +188,7 @@ async def test_timeout_kills_the_whole_tree(
 
 
 async def test_timeout_escalates_to_sigkill_after_the_grace(
-    make_launcher, workdir: Path, fake_log: FakeLog
+    make_launcher, workdir: Path, fake_log: FakeClaudeLog
 ) -> None:
     launcher = make_launcher(mode="hang_ignore_term", timeout=0.5, kill_grace=0.3)
     with pytest.raises(TurnTimeout) as info:

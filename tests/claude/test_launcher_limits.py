@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from feishu_bot.errors import QueueFull
-from tests.claude.support import FakeLog, request
+from tests.claude.support import request
+from tests.fakes.fake_claude_log import FakeClaudeLog
 
 
 def open_gate(fake_env: dict[str, str]) -> None:
@@ -20,7 +21,7 @@ def open_gate(fake_env: dict[str, str]) -> None:
 
 
 async def test_cap_holds_with_30_concurrent_turns(
-    make_launcher, workdir: Path, fake_log: FakeLog, fake_env: dict[str, str]
+    make_launcher, workdir: Path, fake_log: FakeClaudeLog, fake_env: dict[str, str]
 ) -> None:
     launcher = make_launcher(mode="gate", max_concurrent=5, queue_max=30)
     tasks = [
@@ -40,7 +41,7 @@ async def test_cap_holds_with_30_concurrent_turns(
     assert (stats.ok, stats.active, stats.queued) == (30, 0, 0)
 
 
-async def test_cap_holds_under_churn(make_launcher, workdir: Path, fake_log: FakeLog) -> None:
+async def test_cap_holds_under_churn(make_launcher, workdir: Path, fake_log: FakeClaudeLog) -> None:
     launcher = make_launcher(mode="slow", max_concurrent=3, queue_max=30)
     peak_active = 0
 
@@ -62,7 +63,7 @@ async def test_cap_holds_under_churn(make_launcher, workdir: Path, fake_log: Fak
 
 
 async def test_cap_counts_processes_being_killed(
-    make_launcher, workdir: Path, fake_log: FakeLog
+    make_launcher, workdir: Path, fake_log: FakeClaudeLog
 ) -> None:
     """A slot is free only after wait(): a SIGTERM-ignoring CLI keeps its slot for the grace."""
     launcher = make_launcher(mode="hang_ignore_term", max_concurrent=1, kill_grace=0.5)
@@ -81,7 +82,7 @@ async def test_cap_counts_processes_being_killed(
 
 
 async def test_global_fifo_order(
-    make_launcher, workdir: Path, fake_log: FakeLog, fake_env: dict[str, str]
+    make_launcher, workdir: Path, fake_log: FakeClaudeLog, fake_env: dict[str, str]
 ) -> None:
     launcher = make_launcher(max_concurrent=1, queue_max=10)
     holder = asyncio.create_task(launcher.run(request(workdir, "[[fake:gate]] hold", key="k0")))
@@ -107,7 +108,7 @@ async def test_global_fifo_order(
 
 
 async def test_one_turn_at_a_time_per_conversation_in_order(
-    make_launcher, workdir: Path, fake_log: FakeLog, fake_env: dict[str, str]
+    make_launcher, workdir: Path, fake_log: FakeClaudeLog, fake_env: dict[str, str]
 ) -> None:
     launcher = make_launcher(max_concurrent=5, queue_max=10)
     first = asyncio.create_task(launcher.run(request(workdir, "[[fake:gate]] a1", key="p2p:a")))
@@ -134,7 +135,7 @@ async def test_one_turn_at_a_time_per_conversation_in_order(
 
 
 async def test_queue_overflow_is_refused_at_once(
-    make_launcher, workdir: Path, fake_log: FakeLog, fake_env: dict[str, str]
+    make_launcher, workdir: Path, fake_log: FakeClaudeLog, fake_env: dict[str, str]
 ) -> None:
     launcher = make_launcher(max_concurrent=5, queue_max=20)
     running = [
@@ -161,7 +162,7 @@ async def test_queue_overflow_is_refused_at_once(
 
 
 async def test_queue_positions_are_reported_and_move_up(
-    make_launcher, workdir: Path, fake_log: FakeLog, fake_env: dict[str, str]
+    make_launcher, workdir: Path, fake_log: FakeClaudeLog, fake_env: dict[str, str]
 ) -> None:
     launcher = make_launcher(max_concurrent=1, queue_max=5)
     holder = asyncio.create_task(launcher.run(request(workdir, "[[fake:gate]] h", key="h")))

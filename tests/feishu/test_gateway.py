@@ -18,27 +18,9 @@ from loguru import logger
 
 from feishu_bot.feishu.gateway import FeishuGateway, GatewayError
 from feishu_bot.simulator import FeishuSimulator
+from tests.fakes.event_sink import EventSink
 
 pytestmark = pytest.mark.timeout(120)
-
-
-class EventSink:
-    """`on_event`: collects envelopes; `wait(n)` waits until n have arrived."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        self._changed = asyncio.Event()
-
-    def __call__(self, envelope: dict[str, Any]) -> None:
-        self.events.append(envelope)
-        self._changed.set()
-
-    async def wait(self, n: int = 1, timeout: float = 15) -> list[dict[str, Any]]:
-        async with asyncio.timeout(timeout):
-            while len(self.events) < n:
-                self._changed.clear()
-                await self._changed.wait()
-        return self.events
 
 
 def gateway_threads() -> list[threading.Thread]:

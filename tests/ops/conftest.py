@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import re
-import signal
 import socket
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from feishu_bot.simulator import FeishuSimulator
 from tests.fakes.claude_env import FAKE_CLAUDE_BIN, REPO_ROOT, claude_env_overrides
+from tests.fakes.fake_claude_log import FakeClaudeLog
 
 FEISHU_BOT = REPO_ROOT / ".venv" / "bin" / "feishu-bot"
 # Variables of the developer's shell that would change the bot or the fake CLI.
@@ -50,67 +48,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-class FakeClaudeLog:
-    """The JSON lines the fake CLI appends to FAKE_CLAUDE_LOG (start, child, exit)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def records(self, event: str | None = None) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        out = []
-        for line in self.path.read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                if event is None or rec["event"] == event:
-                    out.append(rec)
-        return out
-
-    def starts(self, marker: str | None = None) -> list[dict[str, Any]]:
-        return [r for r in self.records("start") if marker is None or marker in r["prompt_head"]]
-
-    async def wait_for(
-        self, predicate: Callable[[list[dict[str, Any]]], Any], timeout: float = 60
-    ) -> Any:
-        """Poll the file (written by other processes; nothing to await) until it holds."""
-        async with asyncio.timeout(timeout):
-            while not (value := predicate(self.records())):  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
-        return value
-
-    def processes(self) -> list[tuple[int, float]]:
-        """(pid, time logged) of every fake CLI run and every child it reported."""
-        found = []
-        for rec in self.records():
-            if rec["event"] == "start":
-                found.append((rec["pid"], rec["time"]))
-            elif rec["event"] == "child":
-                found += [(rec["child_pid"], rec["time"]), (rec["grandchild_pid"], rec["time"])]
-        return found
-
-    def alive(self) -> list[int]:
-        """Pids from the log that still run (zombies count as dead; reused pids are skipped)."""
-        left = []
-        for pid, logged in self.processes():
-            try:
-                proc = psutil.Process(pid)
-                if proc.create_time() > logged + 1 or proc.status() == psutil.STATUS_ZOMBIE:
-                    continue
-            except psutil.Error:
-                continue
-            left.append(pid)
-        return left
-
-    def kill_all(self) -> list[int]:
-        """SIGKILL whatever the log names that is still alive; returns those pids."""
-        left = self.alive()
-        for pid in left:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        return left
 
 
 @dataclass

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -12,27 +11,9 @@ import pytest
 
 from feishu_bot.feishu.gateway import FeishuGateway
 from feishu_bot.simulator import FeishuSimulator
+from tests.fakes.event_sink import EventSink
 
 TOKEN_PATH = "/open-apis/auth/v3/tenant_access_token/internal"
-
-
-class EventSink:
-    """`on_event` for the gateway: collects envelopes; `wait(n)` waits for the n-th."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        self._changed = asyncio.Event()
-
-    def __call__(self, envelope: dict[str, Any]) -> None:
-        self.events.append(envelope)
-        self._changed.set()
-
-    async def wait(self, n: int = 1, timeout: float = 10) -> list[dict[str, Any]]:
-        async with asyncio.timeout(timeout):
-            while len(self.events) < n:
-                self._changed.clear()
-                await self._changed.wait()
-        return self.events
 
 
 @pytest.fixture(autouse=True)

@@ -36,8 +36,9 @@ import pytest
 
 from feishu_bot.simulator import FeishuSimulator
 from feishu_bot.simulator.records import SentMessage
-from tests.claude.support import FakeLog, alive_pids, fake_cli_processes
+from tests.claude.support import alive_pids, fake_cli_processes
 from tests.e2e.conftest import StartBot, eventually
+from tests.fakes.fake_claude_log import FakeClaudeLog
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -173,7 +174,7 @@ async def repush_lost(sim: FeishuSimulator, event_ids: list[str], timeout: float
             await sim.wait_for(lambda r=revision: sim.revision != r, deadline - time.monotonic())
 
 
-def cli_runs(log: FakeLog) -> Counter[int]:
+def cli_runs(log: FakeClaudeLog) -> Counter[int]:
     """Message index -> number of fake CLI processes started for it."""
     runs: Counter[int] = Counter()
     for rec in log.starts():
@@ -192,7 +193,7 @@ async def test_soak_200_messages_50_conversations_with_faults(
     started = time.monotonic()
     rng = random.Random(SEED)
     plan = make_plan(rng)
-    fake_log = FakeLog(tmp_path / "fake_claude.log")
+    fake_log = FakeClaudeLog(tmp_path / "fake_claude.log")
     monkeypatch.setenv("FAKE_CLAUDE_LOG", str(fake_log.path))
     running = await start_bot(
         fake_cli=True,
