@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from feishu_bot import __version__
-from feishu_bot.config import Settings, load_settings
+from feishu_bot.config import Settings, export_env_file, load_settings
 from feishu_bot.errors import ConfigError
 
 __all__ = ["main"]
@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(env_file: str) -> Settings | None:
+    export_env_file(env_file or None)
     try:
         return load_settings(env_file or None)
     except ConfigError as exc:

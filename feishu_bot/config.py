@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from feishu_bot.errors import ConfigError
 
-__all__ = ["PERMISSION_MODES", "Settings", "load_settings"]
+__all__ = ["PERMISSION_MODES", "Settings", "export_env_file", "load_settings"]
 
 PERMISSION_MODES = (
     "default",
@@ -144,3 +144,16 @@ def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Set
             else:
                 problems.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
         raise ConfigError(problems) from None
+
+
+def export_env_file(env_file: str | Path | None) -> None:
+    """Copy the `.env` entries into the process environment, without overriding it.
+
+    The `claude` children inherit the bot's environment, so credentials such as
+    ANTHROPIC_API_KEY written only in `.env` must be exported for them to see them.
+    """
+    if not env_file or not Path(env_file).is_file():
+        return
+    from dotenv import load_dotenv
+
+    load_dotenv(env_file, override=False)

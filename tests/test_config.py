@@ -83,3 +83,20 @@ def test_secret_is_masked_and_never_echoed_in_errors(monkeypatch: pytest.MonkeyP
     shown = load_settings(None).masked()
     assert BASE["FEISHU_APP_SECRET"] not in str(shown)
     assert shown["FEISHU_APP_SECRET"].startswith("****")
+
+
+def test_env_file_is_exported_for_the_claude_child_without_overriding(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import os
+
+    from feishu_bot.config import export_env_file
+
+    (tmp_path / ".env").write_text("ANTHROPIC_API_KEY=sk-from-file\nSOME_TOOL_VAR=from-file\n")
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.setenv("SOME_TOOL_VAR", "from-env")
+    export_env_file(tmp_path / ".env")
+    assert os.environ["ANTHROPIC_API_KEY"] == "sk-from-file"
+    assert os.environ["SOME_TOOL_VAR"] == "from-env"
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    export_env_file(tmp_path / "missing.env")  # no file: nothing happens

@@ -51,6 +51,10 @@ _USAGE_ERROR = re.compile(
 )
 # API statuses no retry can fix: bad request, bad key, forbidden, unknown model, too large.
 _PERMANENT_API_STATUS = frozenset({400, 401, 403, 404, 413})
+# Measured on 2.1.329 without credentials: exit 1, result {"subtype": "success",
+# "is_error": true, "result": "Not logged in · Please run /login", "terminal_reason":
+# "api_error"} and no api_error_status, so without this it would look transient.
+AUTH_MARKERS = ("Not logged in", "Please run /login", "Invalid API key")
 _BLOCK_SEPARATOR = "\n\n"
 _DETAIL_KEYS = ("command", "file_path", "path", "pattern", "url", "query", "description")
 
@@ -342,7 +346,8 @@ def classify(*, exit_code: int | None, result: ResultInfo | None, stderr: str) -
     - OK: a result with ``is_error: false`` (whatever the exit code).
     - STALE: ``No conversation found with session ID`` (or an invalid ``--resume`` value) in
       stderr or the result's errors.
-    - PERMANENT: ``error_max_*`` results (max turns, budget), bypass permissions as root, usage
+    - PERMANENT: ``error_max_*`` results (max turns, budget), bypass permissions as root, the
+      CLI not logged in (no API key), usage
       errors (unknown option, invalid argument), API statuses 400/401/403/404/413.
     - TRANSIENT: everything else: API errors after the CLI's own retries (529, 500, 429),
       crashes, death by signal, a non-zero exit without a known permanent cause, an exit without
@@ -363,6 +368,12 @@ def classify(*, exit_code: int | None, result: ResultInfo | None, stderr: str) -
     usage = _USAGE_ERROR.search(stderr)
     if usage:
         return Verdict(Outcome.PERMANENT, f"invalid argument: {usage.group(0)}")
+    if result is not None and any(marker in (result.text or "") for marker in AUTH_MARKERS):
+        return Verdict(
+            Outcome.PERMANENT,
+            "the Claude CLI is not logged in: set ANTHROPIC_API_KEY for the bot, "
+            "or log the CLI in as the bot's user",
+        )
     if result is not None and result.api_error_status in _PERMANENT_API_STATUS:
         return Verdict(Outcome.PERMANENT, f"api error {result.api_error_status}")
     if result is not None and (

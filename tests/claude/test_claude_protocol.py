@@ -223,3 +223,19 @@ def test_tool_detail_summaries() -> None:
     assert tool_detail({"other": 1}) == ""
     assert tool_detail("nope") == ""
     assert len(tool_detail({"command": "x" * 500})) == 200
+
+
+def test_not_logged_in_is_permanent_not_retried() -> None:
+    # the real 2.1.329 result line without any credentials (exit 1)
+    line = {
+        "type": "result",
+        "subtype": "success",
+        "is_error": True,
+        "result": "Not logged in · Please run /login",
+        "terminal_reason": "api_error",
+        "api_error_status": None,
+        "session_id": "c5ad1c98-0b2a-4111-bc23-34b1b693c0a0",
+    }
+    verdict = classify(exit_code=1, result=parse_result(line), stderr="")
+    assert verdict.outcome is Outcome.PERMANENT
+    assert "ANTHROPIC_API_KEY" in verdict.reason
