@@ -43,12 +43,6 @@ class RunningBot:
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[FeishuSimulator]:
-    async with FeishuSimulator(ping_interval=120) as simulator:
-        yield simulator
-
-
-@pytest.fixture
 async def anthropic() -> AsyncIterator[FakeAnthropic]:
     async with FakeAnthropic() as api:
         yield api

@@ -27,19 +27,6 @@ def gateway_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("feishu-gateway")]
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[FeishuSimulator]:
-    async with FeishuSimulator() as s:
-        yield s
-
-
 @pytest.fixture
 async def started() -> AsyncIterator[list[FeishuGateway]]:
     """Gateways to stop at teardown, whatever the test did."""

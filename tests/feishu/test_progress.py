@@ -436,13 +436,6 @@ async def test_aclose_without_final_stops_background_work(
 # -- against the simulator ---------------------------------------------------------------------
 
 
-@pytest.fixture
-async def sim() -> AsyncIterator[Any]:
-    sim_mod = pytest.importorskip("feishu_bot.simulator")
-    async with sim_mod.FeishuSimulator() as s:
-        yield s
-
-
 @contextlib.asynccontextmanager
 async def real_replier(sim: Any, **kw: Any) -> AsyncIterator[FeishuReplier]:
     async with FeishuReplier(

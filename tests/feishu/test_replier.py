@@ -42,12 +42,6 @@ class Sleeps:
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[Any]:
-    async with FeishuSimulator() as s:
-        yield s
-
-
-@pytest.fixture
 def sleeps() -> Sleeps:
     return Sleeps()
 

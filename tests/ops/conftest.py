@@ -155,12 +155,6 @@ def journal(db_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[FeishuSimulator]:
-    async with FeishuSimulator(ping_interval=120) as simulator:
-        yield simulator
-
-
-@pytest.fixture
 def fake_log(tmp_path: Path) -> FakeClaudeLog:
     return FakeClaudeLog(tmp_path / "fake_claude.log")
 

@@ -16,20 +16,6 @@ from tests.fakes.event_sink import EventSink
 TOKEN_PATH = "/open-apis/auth/v3/tenant_access_token/internal"
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The SDK's endpoint discovery uses requests, which honours *_PROXY variables.
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[FeishuSimulator]:
-    async with FeishuSimulator() as s:
-        yield s
-
-
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
