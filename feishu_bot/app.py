@@ -41,6 +41,7 @@ class Bot:
         self.gateway: Any = None
         self.launcher: Any = None
         self.store: Any = None
+        self._ctx: Any = None  # the BotContext, once `_start` has wired it
 
     def request_stop(self) -> None:
         """First call: graceful stop. Second call: skip the grace period."""
@@ -309,7 +310,7 @@ class Bot:
             "ws": status["connected"],
             "reconnects": status["reconnects"],
             "duplicates": counters.duplicates_dropped if counters else 0,
-            "uptime": self._ctx.uptime_s if hasattr(self, "_ctx") else 0.0,
+            "uptime": self._ctx.uptime_s if self._ctx is not None else 0.0,
         }
 
     async def health_status(self) -> dict[str, Any]:
