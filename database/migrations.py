@@ -114,7 +114,46 @@ async def _v1_initial_schema(conn: aiosqlite.Connection) -> None:
         await conn.execute(statement)
 
 
-STEPS: Final[tuple[Step, ...]] = (_v1_initial_schema,)
+_V2_STATEMENTS: Final = (
+    # Who sent a journaled turn (access is checked again before a replayed turn runs), its
+    # attachments as JSON [{"kind","key","name","size"}] (keys, never bytes), and the ids of the
+    # reaction and "queued" card it showed, so recovery can clean them up.
+    "ALTER TABLE turns ADD COLUMN sender_open_id TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE turns ADD COLUMN attachments TEXT NOT NULL DEFAULT '[]'",
+    "ALTER TABLE turns ADD COLUMN reaction_id TEXT",
+    "ALTER TABLE turns ADD COLUMN card_message_id TEXT",
+    "CREATE INDEX turns_created ON turns (created_at)",
+    # Tools a person allowed for good in one conversation ("Always allow"); /new clears them.
+    """
+    CREATE TABLE tool_grants (
+        conversation_key TEXT NOT NULL,
+        tool             TEXT NOT NULL,
+        granted_by       TEXT NOT NULL,
+        granted_at       REAL NOT NULL,
+        PRIMARY KEY (conversation_key, tool)
+    ) WITHOUT ROWID
+    """,
+    # The Claude sessions a conversation has used, for /sessions and /resume.
+    """
+    CREATE TABLE sessions (
+        session_id       TEXT PRIMARY KEY,
+        conversation_key TEXT NOT NULL,
+        created_at       REAL NOT NULL,
+        last_used_at     REAL NOT NULL,
+        turns            INTEGER NOT NULL DEFAULT 0,
+        first_prompt     TEXT NOT NULL DEFAULT ''
+    ) WITHOUT ROWID
+    """,
+    "CREATE INDEX sessions_conversation ON sessions (conversation_key, last_used_at)",
+)
+
+
+async def _v2_warm_cards_files(conn: aiosqlite.Connection) -> None:
+    for statement in _V2_STATEMENTS:
+        await conn.execute(statement)
+
+
+STEPS: Final[tuple[Step, ...]] = (_v1_initial_schema, _v2_warm_cards_files)
 SCHEMA_VERSION: Final = len(STEPS)
 
 

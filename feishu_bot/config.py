@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     FEISHU_ALLOWED_USERS: Annotated[list[str], NoDecode] = []
     FEISHU_ALLOWED_CHATS: Annotated[list[str], NoDecode] = []
     FEISHU_ALLOW_ALL: bool = False
+    FEISHU_APPROVERS: Annotated[list[str], NoDecode] = []
+    FEISHU_CARDKIT: str = "auto"
+    FEISHU_MAX_DOWNLOAD_MB: float = Field(20.0, gt=0)
 
     CLAUDE_BIN: str = "claude"
     CLAUDE_MAX_CONCURRENT: int = Field(5, ge=1)
@@ -62,6 +65,12 @@ class Settings(BaseSettings):
     CLAUDE_PERMISSION_MODE: str = "acceptEdits"
     CLAUDE_ALLOWED_TOOLS: str = ""
     CLAUDE_MODEL: str = ""
+    CLAUDE_WARM: bool = True
+    CLAUDE_IDLE_TIMEOUT: float = Field(1800.0, gt=0)
+    CLAUDE_MAX_PER_USER: int = Field(0, ge=0)
+    CLAUDE_CONVERSATION_QUEUE_MAX: int = Field(5, ge=0)
+    CLAUDE_APPROVAL_TIMEOUT: float = Field(600.0, gt=0)
+    CLAUDE_SHARED_WORKDIR: bool = False
 
     DATABASE_PATH: Path = Path("./data/feishu_bot.db")
     SESSION_STALE_HOURS: float = Field(24.0, gt=0)
@@ -75,7 +84,11 @@ class Settings(BaseSettings):
     LOG_DIR: str = "./logs"
     LOG_JSON: bool = False
 
-    @field_validator("FEISHU_ALLOWED_USERS", "FEISHU_ALLOWED_CHATS", mode="before")
+    PLAYGROUND_PORT: int = Field(8780, ge=0, le=65535)
+
+    @field_validator(
+        "FEISHU_ALLOWED_USERS", "FEISHU_ALLOWED_CHATS", "FEISHU_APPROVERS", mode="before"
+    )
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)
@@ -93,6 +106,14 @@ class Settings(BaseSettings):
         value = value.strip().rstrip("/")
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("FEISHU_CARDKIT")
+    @classmethod
+    def _cardkit(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value not in ("auto", "off"):
+            raise ValueError("must be auto or off")
         return value
 
     @field_validator("CLAUDE_PERMISSION_MODE")

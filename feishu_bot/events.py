@@ -5,12 +5,19 @@ Nothing here does I/O; raw `lark_oapi` objects and raw CLI JSON never appear in 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 __all__ = [
+    "AskPermission",
+    "Attachment",
     "ClaudeEvent",
     "InboundMessage",
+    "McpHandler",
+    "PermissionDecision",
+    "PermissionRequest",
     "TurnRequest",
     "TurnResult",
     "conversation_key",
@@ -25,6 +32,20 @@ def conversation_key(chat_id: str, chat_type: str, thread_root: str | None) -> s
     if thread_root:
         return f"thread:{chat_id}:{thread_root}"
     return f"{'p2p' if chat_type == 'p2p' else 'group'}:{chat_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A resource a message carries (an image, file, audio or video), by key, never by bytes.
+
+    `kind` is the Feishu resource kind: "image", "file", "audio", "media", "sticker".
+    `name` is the file name Feishu gave (files only); `size` is in bytes when Feishu said it.
+    """
+
+    kind: str
+    key: str
+    name: str = ""
+    size: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +65,7 @@ class InboundMessage:
     mentioned_bot: bool = False
     thread_root: str | None = None
     create_time_ms: int = 0
+    attachments: tuple[Attachment, ...] = ()
 
     @property
     def conversation_key(self) -> str:
@@ -63,6 +85,40 @@ class TurnRequest:
     workdir: Path
     session_id: str | None = None
     model: str | None = None
+    # Content blocks sent after the prompt text in the same user message, in order (image
+    # blocks: {"type": "image", "source": {"type": "base64", "media_type": ..., "data": ...}}).
+    content: tuple[dict[str, Any], ...] = ()
+    user_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PermissionRequest:
+    """The CLI asks whether a tool may run (`can_use_tool`), reduced to what a person needs."""
+
+    request_id: str
+    tool_name: str
+    input: dict[str, Any]
+    tool_use_id: str | None = None
+    blocked_path: str | None = None
+    suggestions: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PermissionDecision:
+    """The answer to a PermissionRequest. `updated_input` replaces the tool input on allow
+    (AskUserQuestion answers travel this way); `interrupt` ends the turn after a deny."""
+
+    allow: bool
+    message: str = ""
+    updated_input: dict[str, Any] | None = None
+    interrupt: bool = False
+
+
+# Asked for every can_use_tool; must always return (the caller enforces no deadline).
+AskPermission = Callable[[PermissionRequest], Awaitable[PermissionDecision]]
+# An in-process MCP server: (server name, JSON-RPC message) -> JSON-RPC response (or None for a
+# notification).
+McpHandler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any] | None]]
 
 
 @dataclass(frozen=True, slots=True)
