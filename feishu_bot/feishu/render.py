@@ -21,16 +21,22 @@ from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 __all__ = [
+    "ANSWER_ELEMENT",
     "CARD_MAX_BYTES",
     "STATES",
     "TEXT_MAX_BYTES",
+    "Block",
+    "Button",
     "CardState",
     "Span",
     "body_dumps",
+    "card2",
     "card_for",
     "card_size",
     "dumps",
     "final_cards",
+    "final_cards2",
+    "live_text",
     "split_spans",
     "split_text",
     "text_content",
@@ -373,3 +379,234 @@ def _hard_split(line: str, cap: int, measure: Measure) -> list[str]:
     if rest:
         out.append(rest)
     return out
+
+
+# -- Card JSON 2.0 (CardKit entities, buttons) ------------------------------------------------
+# A 2.0 card is one markdown element holding the answer (element_id ANSWER_ELEMENT, the one a
+# CardKit stream types into), then the blocks (approval requests, questions, their records),
+# a small note and a row of buttons. Sizes use the same measure as 1.0 cards; the body of a
+# CardKit create/update carries the card JSON as a string exactly like a message's content.
+
+ANSWER_ELEMENT = "answer"
+_SUMMARY_CHARS = 60
+
+
+class Button(NamedTuple):
+    """A callback button; `value` is what comes back in card.action.trigger (sign it)."""
+
+    text: str
+    value: dict[str, Any]
+    kind: str = "default"  # Feishu button type: default, primary, danger, primary_filled, ...
+
+
+class Block(NamedTuple):
+    """A section under the answer: markdown text and (while it waits) its buttons."""
+
+    block_id: str
+    text: str
+    buttons: tuple[Button, ...] = ()
+
+
+def card2(
+    text: str,
+    *,
+    state: CardState,
+    note: str | None = None,
+    title: str | None = None,
+    blocks: tuple[Block, ...] | list[Block] = (),
+    buttons: tuple[Button, ...] | list[Button] = (),
+    streaming: bool = False,
+    max_bytes: int = CARD_MAX_BYTES,
+) -> dict[str, Any]:
+    """One Card JSON 2.0 card; a text that does not fit shows its tail (see `live_text`)."""
+    shown = live_text(
+        text,
+        state=state,
+        note=note,
+        title=title,
+        blocks=blocks,
+        buttons=buttons,
+        max_bytes=max_bytes,
+    )
+    return _card2(
+        shown,
+        state=state,
+        note=note,
+        title=title,
+        blocks=blocks,
+        buttons=buttons,
+        streaming=streaming,
+        summary=text,
+    )
+
+
+def live_text(
+    text: str,
+    *,
+    state: CardState,
+    note: str | None = None,
+    title: str | None = None,
+    blocks: tuple[Block, ...] | list[Block] = (),
+    buttons: tuple[Button, ...] | list[Button] = (),
+    max_bytes: int = CARD_MAX_BYTES,
+) -> str:
+    """What the answer element shows: the text, or its tail after a marker when too long."""
+    frame = _card2(
+        "",
+        state=state,
+        note=note,
+        title=title,
+        blocks=blocks,
+        buttons=buttons,
+        streaming=True,
+        summary=text[:_SUMMARY_CHARS],
+    )
+    budget = max_bytes - card_size(frame)
+    if _json_len(text or _EMPTY) <= budget:
+        return text or _EMPTY
+    budget -= _json_len(_TRUNCATED)
+    if budget < MIN_SPLIT_BYTES:
+        raise ValueError(f"max_bytes={max_bytes} leaves no room for text")
+    return _TRUNCATED + _tail(text, budget, _json_len)
+
+
+def final_cards2(
+    text: str,
+    *,
+    state: CardState = "done",
+    note: str | None = None,
+    title: str | None = None,
+    blocks: tuple[Block, ...] | list[Block] = (),
+    buttons: tuple[Button, ...] | list[Button] = (),
+    max_bytes: int = CARD_MAX_BYTES,
+) -> list[dict[str, Any]]:
+    """The complete answer as 2.0 cards in order; blocks, note and buttons go on the last one.
+
+    Like `final_cards`: titles get "(i/n)" when split, and every card fits `max_bytes`.
+    Blocks that would leave too little room for text are dropped oldest first (a line says
+    how many).
+    """
+    base_title = title or STATES[state][1]
+    blocks = _fit_blocks(list(blocks), state, note, base_title, buttons, max_bytes)
+    frame = _card2(
+        "",
+        state=state,
+        note=note,
+        title=f"{base_title} (999/999)",
+        blocks=blocks,
+        buttons=buttons,
+        streaming=False,
+        summary=text[:_SUMMARY_CHARS],
+    )
+    budget = max_bytes - card_size(frame)
+    parts = _split(text, budget, _json_len)
+    n = len(parts)
+    cards = []
+    for i, part in enumerate(parts, start=1):
+        last = i == n
+        cards.append(
+            _card2(
+                part,
+                state=state,
+                note=note if last else None,
+                title=base_title if n == 1 else f"{base_title} ({i}/{n})",
+                blocks=blocks if last else (),
+                buttons=buttons if last else (),
+                streaming=False,
+                summary=part,
+            )
+        )
+    return cards
+
+
+def _fit_blocks(
+    blocks: list[Block],
+    state: CardState,
+    note: str | None,
+    title: str,
+    buttons: tuple[Button, ...] | list[Button],
+    max_bytes: int,
+) -> list[Block]:
+    kept, dropped = list(blocks), 0
+
+    def with_marker() -> list[Block]:
+        marker = Block("dropped", f"*…{dropped} earlier decisions not shown*")
+        return [marker, *kept] if dropped else kept
+
+    while kept:
+        frame = _card2(
+            "",
+            state=state,
+            note=note,
+            title=f"{title} (999/999)",
+            blocks=with_marker(),
+            buttons=buttons,
+            streaming=False,
+            summary="",
+        )
+        if max_bytes - card_size(frame) >= 8 * MIN_SPLIT_BYTES:
+            break
+        kept.pop(0)
+        dropped += 1
+    return with_marker()
+
+
+def _card2(
+    text: str,
+    *,
+    state: CardState,
+    note: str | None,
+    title: str | None,
+    blocks: tuple[Block, ...] | list[Block],
+    buttons: tuple[Button, ...] | list[Button],
+    streaming: bool,
+    summary: str,
+) -> dict[str, Any]:
+    if state not in STATES:
+        raise ValueError(f"unknown card state {state!r}")
+    template, default_title = STATES[state]
+    elements: list[dict[str, Any]] = [
+        {"tag": "markdown", "element_id": ANSWER_ELEMENT, "content": text or _EMPTY}
+    ]
+    for block in blocks:
+        elements.append({"tag": "hr"})
+        elements.append({"tag": "markdown", "content": block.text or _EMPTY})
+        if block.buttons:
+            elements.append(_button_row(block.buttons))
+    if note:
+        elements.append({"tag": "markdown", "content": note, "text_size": "notation"})
+    if buttons:
+        elements.append(_button_row(buttons))
+    line = " ".join(summary.split())[:_SUMMARY_CHARS] or default_title
+    return {
+        "schema": "2.0",
+        "config": {"update_multi": True, "streaming_mode": streaming, "summary": {"content": line}},
+        "header": {
+            "template": template,
+            "title": {"tag": "plain_text", "content": title or default_title},
+        },
+        "body": {"elements": elements},
+    }
+
+
+def _button_row(buttons: tuple[Button, ...] | list[Button]) -> dict[str, Any]:
+    return {
+        "tag": "column_set",
+        "flex_mode": "flow",
+        "horizontal_spacing": "8px",
+        "columns": [
+            {
+                "tag": "column",
+                "width": "auto",
+                "elements": [
+                    {
+                        "tag": "button",
+                        "text": {"tag": "plain_text", "content": b.text},
+                        "type": b.kind,
+                        "behaviors": [{"type": "callback", "value": b.value}],
+                    }
+                ],
+            }
+            for b in buttons
+        ],
+    }
