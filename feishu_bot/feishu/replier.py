@@ -231,6 +231,71 @@ class FeishuReplier:
     ) -> str:
         return await self.send(chat_id, "interactive", card, uuid=uuid)
 
+    # -- CardKit card entities (scope cardkit:card:write; Card JSON 2.0 only) ----------------
+    # Every operation on one card carries a `sequence` that must increase strictly; the
+    # caller (streaming.CardStream) owns it. `uuid` makes a retried operation idempotent.
+
+    async def create_card_entity(self, card: dict[str, Any]) -> str:
+        """POST /cardkit/v1/cards; returns the card_id (send it with `reply_card_entity`)."""
+        body = await self._call(
+            "POST",
+            "/open-apis/cardkit/v1/cards",
+            json={"type": "card_json", "data": dumps(card)},
+            op="cardkit_create",
+        )
+        return _data_str(body, "card_id", "cardkit_create")
+
+    async def reply_card_entity(
+        self, message_id: str, card_id: str, *, in_thread: bool = False, uuid: str | None = None
+    ) -> str:
+        """Reply with a card entity (it can be sent once); returns the new message id."""
+        content = {"type": "card", "data": {"card_id": card_id}}
+        return await self.reply(message_id, "interactive", content, in_thread=in_thread, uuid=uuid)
+
+    async def stream_card_text(
+        self,
+        card_id: str,
+        element_id: str,
+        content: str,
+        *,
+        sequence: int,
+        uuid: str | None = None,
+    ) -> None:
+        """PUT the full text of a markdown element (typewriter effect in streaming mode)."""
+        await self._call(
+            "PUT",
+            f"/open-apis/cardkit/v1/cards/{card_id}/elements/{element_id}/content",
+            json={"content": content, "sequence": sequence, "uuid": uuid or _new_uuid()},
+            op="cardkit_content",
+        )
+
+    async def set_card_streaming(
+        self, card_id: str, streaming: bool, *, sequence: int, uuid: str | None = None
+    ) -> None:
+        """PATCH the card's settings: `streaming_mode` on or off."""
+        settings = {"config": {"streaming_mode": streaming}}
+        await self._call(
+            "PATCH",
+            f"/open-apis/cardkit/v1/cards/{card_id}/settings",
+            json={"settings": dumps(settings), "sequence": sequence, "uuid": uuid or _new_uuid()},
+            op="cardkit_settings",
+        )
+
+    async def update_card_entity(
+        self, card_id: str, card: dict[str, Any], *, sequence: int, uuid: str | None = None
+    ) -> None:
+        """PUT the whole card (a 2.0 card replaces a 2.0 card)."""
+        await self._call(
+            "PUT",
+            f"/open-apis/cardkit/v1/cards/{card_id}",
+            json={
+                "card": {"type": "card_json", "data": dumps(card)},
+                "sequence": sequence,
+                "uuid": uuid or _new_uuid(),
+            },
+            op="cardkit_update",
+        )
+
     # -- token -------------------------------------------------------------------------------
 
     async def _tenant_token(self) -> str:
