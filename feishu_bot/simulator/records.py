@@ -52,10 +52,16 @@ class SentMessage:
     versions: list[dict[str, Any]] = field(default_factory=list)
     version_times: list[float] = field(default_factory=list)
     deleted: bool = False
+    card_entity: Any = None  # the CardKit entity a {"type": "card"} content shows
 
     @property
     def text(self) -> str:
         return message_text(self)
+
+    @property
+    def rendered(self) -> dict[str, Any]:
+        """The content as the user sees it now (a CardKit entity's current card JSON)."""
+        return self.card_entity.card if self.card_entity is not None else self.content
 
     @property
     def updated(self) -> bool:
@@ -175,6 +181,9 @@ class Records:
         self.deliveries: list[Delivery] = []
         self.acks: list[AckRecord] = []
         self.connections: list[ConnectionRecord] = []
+        # CardKit (simulator/cardkit.py): entities by card_id, and pushed card callbacks.
+        self.cards: dict[str, Any] = {}
+        self.card_actions: list[Any] = []
         self.pings = 0
         self.revision = 0
         self._cond: asyncio.Condition | None = None
@@ -228,6 +237,8 @@ class Records:
 
 def message_text(msg: SentMessage | UserMessage) -> str:
     """The plain text of a message's latest content (see `content_text`)."""
+    if isinstance(msg, SentMessage):
+        return content_text(msg.msg_type, msg.rendered)
     return content_text(msg.msg_type, msg.content)
 
 

@@ -82,6 +82,7 @@ class RestApi:
         self._current_token: str | None = None
         self._uuids: dict[str, tuple[str, float]] = {}  # uuid -> (message_id, monotonic)
         self._rate: dict[str, deque[float]] = defaultdict(deque)
+        self.cardkit: Any = None  # CardKitApi: resolves {"type": "card"} contents to entities
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -338,6 +339,8 @@ class RestApi:
         return self.records.find_message(hit[0])
 
     async def _store(self, msg: SentMessage) -> None:
+        if msg.msg_type == "interactive" and self.cardkit is not None:
+            msg.card_entity = self.cardkit.attach(msg.content, msg.message_id)
         msg.versions.append(msg.content)
         msg.version_times.append(msg.created_at)
         if msg.uuid:
@@ -476,6 +479,9 @@ def _valid_post(content: dict[str, Any]) -> bool:
 def _valid_card(card: dict[str, Any]) -> bool:
     if card.get("type") == "template":
         return isinstance(card.get("data"), dict)
+    if card.get("type") == "card":  # a CardKit entity by id (simulator/cardkit.py)
+        data = card.get("data")
+        return isinstance(data, dict) and isinstance(data.get("card_id"), str)
     if card.get("schema") == "2.0":
         body = card.get("body")
         return isinstance(body, dict) and isinstance(body.get("elements", []), list)

@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from . import envelopes
+from .cardkit import CardAction, CardKitApi, find_button
 from .envelopes import MESSAGE_RECEIVE, bot_mention, build_envelope, build_message_event
 from .faults import FaultRule, Faults
 from .options import SimOptions
@@ -60,6 +61,7 @@ class FeishuSimulator:
         reconnect_count: int = -1,
         token_ttl: int = 7200,
         rate_limits: bool = False,
+        cardkit_stream_ttl: float = 600.0,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -82,6 +84,9 @@ class FeishuSimulator:
         self.faults = Faults()
         self.rest = RestApi(self.options, self.records)
         self.hub = WsHub(self.options, self.records)
+        # CardKit entities and card callbacks; `cardkit.refuse()` / `cardkit.stream_ttl`.
+        self.cardkit = CardKitApi(self.options, self.records, stream_ttl=cardkit_stream_ttl)
+        self.rest.cardkit = self.cardkit
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -98,7 +103,7 @@ class FeishuSimulator:
         if self._runner is not None:
             return self
         app = web.Application(middlewares=[self._middleware], client_max_size=8 * 1024 * 1024)
-        app.add_routes(self.hub.routes() + self.rest.routes())
+        app.add_routes(self.hub.routes() + self.rest.routes() + self.cardkit.routes())
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         site = web.TCPSite(runner, self._host, self._port)
@@ -343,6 +348,55 @@ class FeishuSimulator:
         ):
             if value is not None:
                 cfg[key] = value
+
+    # -- cards (CardKit entities and callbacks) ---------------------------------------------
+
+    def rendered_card(self, message_id: str) -> dict[str, Any]:
+        """The card a message shows now (a CardKit entity's current JSON, or its content)."""
+        return self.message(message_id).rendered
+
+    async def push_card_action(
+        self,
+        message_id: str,
+        value: Any,
+        *,
+        operator_open_id: str = "ou_sim_user",
+        tag: str = "button",
+        timeout: float = 10,
+    ) -> CardAction:
+        """Push a card.action.trigger for `message_id` carrying `value` (forged or not) and
+        wait for the bot's answer on the ack; `CardAction.error` says what Feishu would show."""
+        msg = self.records.find_message(message_id)
+        chat_id = msg.chat_id if msg is not None else "oc_unknown"
+        return await self.cardkit.push_card_action(
+            self.hub,
+            message_id=message_id,
+            value=value,
+            operator_open_id=operator_open_id,
+            chat_id=chat_id,
+            tag=tag,
+            timeout=timeout,
+        )
+
+    async def click(
+        self,
+        message_id: str,
+        button: str,
+        *,
+        operator_open_id: str = "ou_sim_user",
+        timeout: float = 10,
+    ) -> CardAction:
+        """Click the button labelled `button` on the card `message_id` shows now."""
+        value = find_button(self.rendered_card(message_id), button)
+        if value is None:
+            raise KeyError(f"no button {button!r} on message {message_id}")
+        return await self.push_card_action(
+            message_id, value, operator_open_id=operator_open_id, timeout=timeout
+        )
+
+    @property
+    def card_actions(self) -> list[CardAction]:
+        return self.records.card_actions
 
     # -- REST faults ------------------------------------------------------------------------
 
