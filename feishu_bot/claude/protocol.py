@@ -6,22 +6,31 @@ session id from ``init``, the assistant text accumulated so far, and the final `
 ``classify`` decides, from the result object, the exit code and the stderr tail, whether a run
 succeeded and, if not, what kind of failure it was. Raw CLI JSON never leaves this package.
 
-Text accumulation: with ``--include-partial-messages`` the ``stream_event`` ``text_delta`` lines
-give token-level text; the complete ``assistant`` lines that follow (one per content block)
-replace the streamed text of the same block, so nothing is counted twice. Without partial
-messages only the ``assistant`` lines are there. The accumulated text is every top-level text
-block of the turn, in order, separated by a blank line (subagent messages, which carry a
-``parent_tool_use_id``, are left out). The final answer is ``result.result``.
+Text accumulation (``answer_text.AnswerText``): with ``--include-partial-messages`` the
+``stream_event`` ``text_delta`` lines give token-level text; the complete ``assistant`` lines that
+follow (one per content block) replace the streamed text of the same block, so nothing is counted
+twice. Without partial messages only the ``assistant`` lines are there. The accumulated text is
+every top-level text block of the turn, in order, separated by a blank line (subagent messages,
+which carry a ``parent_tool_use_id``, are left out). The final answer is ``result.result``. A
+delta costs time linear in its own length, not in the answer's; "text" events are
+``TextEvent``s, whose text is joined only when read.
+
+Robustness: the CLI's output is trusted to be JSON lines, not to have the shape we expect. A
+field of an unexpected type (a list where an object was expected, an int for a string, a number
+too large for SQLite) is ignored or takes its default; ``feed``, ``parse_result`` and ``classify``
+never raise.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from feishu_bot.claude.answer_text import AnswerText, TextEvent
 from feishu_bot.events import ClaudeEvent
 
 __all__ = [
@@ -29,6 +38,7 @@ __all__ = [
     "Outcome",
     "ResultInfo",
     "StreamParser",
+    "TextEvent",
     "Verdict",
     "classify",
     "parse_result",
@@ -55,7 +65,7 @@ _PERMANENT_API_STATUS = frozenset({400, 401, 403, 404, 413})
 # "is_error": true, "result": "Not logged in · Please run /login", "terminal_reason":
 # "api_error"} and no api_error_status, so without this it would look transient.
 AUTH_MARKERS = ("Not logged in", "Please run /login", "Invalid API key")
-_BLOCK_SEPARATOR = "\n\n"
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _DETAIL_KEYS = ("command", "file_path", "path", "pattern", "url", "query", "description")
 
 
@@ -76,44 +86,102 @@ class ResultInfo:
     permission_denials: tuple[str, ...]
 
 
+_INT64 = 2**63
+
+
 def _as_int(value: Any, default: int = 0) -> int:
+    """An int from a JSON number or numeric string; `default` for anything else, including
+    values SQLite could not store (beyond 64 bits) and inf/nan."""
     try:
-        return int(value)
-    except (TypeError, ValueError):
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):
         return default
+    return number if -_INT64 <= number < _INT64 else default
 
 
 def _as_float(value: Any) -> float:
     try:
-        return float(value)
-    except (TypeError, ValueError):
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
         return 0.0
+    return number if math.isfinite(number) else 0.0
 
 
-def parse_result(obj: dict[str, Any]) -> ResultInfo:
-    """Reduce a ``{"type": "result", ...}`` object to ``ResultInfo`` (missing fields default)."""
-    errors = obj.get("errors") or ()
-    if isinstance(errors, str):
-        errors = (errors,)
-    denials = []
-    for item in obj.get("permission_denials") or ():
+def _clean(text: str) -> str:
+    """`text` without lone surrogates (valid JSON ``"\\ud800"``), which no UTF-8 encoder,
+    SQLite or Feishu request accepts: each becomes U+FFFD."""
+    if text.isascii() or not _SURROGATE.search(text):
+        return text
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def _str(value: Any) -> str:
+    """A JSON string (cleaned); "" for anything else (never the repr of a structure)."""
+    return _clean(value) if isinstance(value, str) else ""
+
+
+def _ident(value: Any) -> str:
+    """An id: a JSON string as is, an integer as its digits; "" for anything else."""
+    if isinstance(value, str):
+        return _clean(value)
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < _INT64:
+        return str(value)
+    return ""
+
+
+def _scalar(value: Any, limit: int = 200) -> str:
+    """A string or number as a short string (ids, statuses); "" for structures and null."""
+    if isinstance(value, bool) or value is None:
+        return ""
+    if isinstance(value, int | float):
+        return str(value) if abs(value) < 1e18 else ""
+    if isinstance(value, str):
+        return _clean(value if len(value) <= limit else value[: limit - 1] + "…")
+    return ""
+
+
+def _error_strings(value: Any) -> tuple[str, ...]:
+    """`errors` as strings: a string, or a list of strings (or of objects with a message)."""
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, list):
+        return ()
+    out = []
+    for item in value:
         if isinstance(item, dict):
-            denials.append(str(item.get("tool_name") or item.get("name") or "?"))
-        else:
-            denials.append(str(item))
-    status = obj.get("api_error_status")
-    text = obj.get("result")
+            item = item.get("message") or item.get("error")
+        if isinstance(item, str):
+            out.append(_clean(item))
+    return tuple(out)
+
+
+def parse_result(obj: Any) -> ResultInfo:
+    """Reduce a ``{"type": "result", ...}`` object to ``ResultInfo``.
+
+    Missing fields, and fields of an unexpected type, take their defaults; never raises.
+    """
+    if not isinstance(obj, dict):
+        obj = {}
+    denials = []
+    raw_denials = obj.get("permission_denials")
+    for item in raw_denials if isinstance(raw_denials, list) else ():
+        if isinstance(item, dict):
+            denials.append(_scalar(item.get("tool_name")) or _scalar(item.get("name")) or "?")
+        elif isinstance(item, str):
+            denials.append(_clean(item))
+    status = _as_int(obj.get("api_error_status"), -1)
+    session_id = obj.get("session_id")
     return ResultInfo(
-        text=text if isinstance(text, str) else "",
-        is_error=bool(obj.get("is_error")),
-        subtype=str(obj.get("subtype") or ""),
-        errors=tuple(str(e) for e in errors),
-        session_id=obj.get("session_id"),
+        text=_str(obj.get("result")),
+        is_error=obj.get("is_error") is True,
+        subtype=_scalar(obj.get("subtype")),
+        errors=_error_strings(obj.get("errors")),
+        session_id=session_id if isinstance(session_id, str) and session_id else None,
         cost_usd=_as_float(obj.get("total_cost_usd")),
         duration_ms=_as_int(obj.get("duration_ms")),
         num_turns=_as_int(obj.get("num_turns")),
-        api_error_status=_as_int(status) if status is not None else None,
-        terminal_reason=str(obj.get("terminal_reason") or ""),
+        api_error_status=status if status >= 0 else None,
+        terminal_reason=_scalar(obj.get("terminal_reason")),
         permission_denials=tuple(denials),
     )
 
@@ -125,31 +193,19 @@ def tool_detail(tool_input: Any, limit: int = 200) -> str:
     for key in _DETAIL_KEYS:
         value = tool_input.get(key)
         if isinstance(value, str) and value:
-            line = " ".join(value.split())
+            line = " ".join(_clean(value).split())
             return line if len(line) <= limit else line[: limit - 1] + "…"
     return ""
-
-
-class _Message:
-    """Text blocks of one assistant message: streamed (by block index) and final (in order)."""
-
-    __slots__ = ("final", "streamed")
-
-    def __init__(self) -> None:
-        self.streamed: dict[int, str] = {}
-        self.final: list[str] = []
-
-    def blocks(self) -> list[str]:
-        streamed = [self.streamed[i] for i in sorted(self.streamed)]
-        count = max(len(streamed), len(self.final))
-        return [self.final[k] if k < len(self.final) else streamed[k] for k in range(count)]
 
 
 class StreamParser:
     """State of one CLI run's stdout; feed it lines, get events.
 
     Not thread-safe; one instance per CLI run. Malformed or non-JSON lines are counted in
-    ``bad_lines`` and otherwise ignored (the CLI may print warnings on stdout).
+    ``bad_lines`` and otherwise ignored (the CLI may print warnings on stdout); so is anything
+    of an unexpected shape inside a valid line: ``feed`` never raises.
+
+    Cost: a text delta costs O(len(delta)) (``_TextLog``), however long the answer already is.
     """
 
     def __init__(self) -> None:
@@ -159,18 +215,15 @@ class StreamParser:
         self.bad_lines = 0
         self.api_retries = 0
         self.tools_used: list[str] = []
-        self._messages: dict[str, _Message] = {}
-        self._order: list[str] = []
+        self._answer = AnswerText()
         self._current_stream_msg: str | None = None
-        self._text_block_index: dict[tuple[str, int], int] = {}
         self._seen_tool_ids: set[str] = set()
-        self._text = ""
         self._anon = 0
 
     @property
     def text(self) -> str:
         """Assistant text of this run so far (all top-level text blocks)."""
-        return self._text
+        return self._answer.text
 
     def feed(self, line: bytes | str) -> list[ClaudeEvent]:
         if isinstance(line, bytes):
@@ -180,15 +233,15 @@ class StreamParser:
             return []
         try:
             obj = json.loads(line)
-        except ValueError:
-            self.bad_lines += 1
-            return []
-        if not isinstance(obj, dict):
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             self.bad_lines += 1
             return []
         return self.feed_object(obj)
 
-    def feed_object(self, obj: dict[str, Any]) -> list[ClaudeEvent]:
+    def feed_object(self, obj: Any) -> list[ClaudeEvent]:
+        if not isinstance(obj, dict):
+            self.bad_lines += 1
+            return []
         kind = obj.get("type")
         sid = obj.get("session_id") if isinstance(obj.get("session_id"), str) else None
         if kind == "system":
@@ -204,7 +257,7 @@ class StreamParser:
             return [ClaudeEvent("result", self.session_id, self.result.text, "result")]
         if kind in ("user", "rate_limit_event", "control_request", "control_response"):
             return []
-        return [ClaudeEvent("other", self.session_id, "", str(kind or ""))]
+        return [ClaudeEvent("other", self.session_id, "", _scalar(kind))]
 
     # ------------------------------------------------------------------ line kinds
     def _system(self, obj: dict[str, Any], sid: str | None) -> list[ClaudeEvent]:
@@ -217,8 +270,8 @@ class StreamParser:
         if subtype == "api_retry":
             self.api_retries += 1
             text = (
-                f"attempt {obj.get('attempt')}/{obj.get('max_retries')}: "
-                f"{obj.get('error_status')} {obj.get('error') or ''}".rstrip()
+                f"attempt {_scalar(obj.get('attempt'))}/{_scalar(obj.get('max_retries'))}: "
+                f"{_scalar(obj.get('error_status'))} {_scalar(obj.get('error'))}".rstrip()
             )
             return [ClaudeEvent("api_retry", self.session_id, text, "system")]
         return []
@@ -231,38 +284,26 @@ class StreamParser:
             return []
         etype = event.get("type")
         if etype == "message_start":
-            message = event.get("message") or {}
-            msg_id = message.get("id") or obj.get("api_message_id")
-            self._current_stream_msg = str(msg_id) if msg_id else self._anon_id()
-            self._message(self._current_stream_msg)
+            message = event.get("message")
+            msg_id = _ident(message.get("id")) if isinstance(message, dict) else ""
+            msg_id = msg_id or _ident(obj.get("api_message_id"))
+            self._current_stream_msg = msg_id or self._anon_id()
+            self._answer.open_message(self._current_stream_msg)
             return []
-        msg_id = obj.get("api_message_id") or self._current_stream_msg
+        msg_id = _ident(obj.get("api_message_id")) or self._current_stream_msg
         if not msg_id:
             msg_id = self._current_stream_msg = self._anon_id()
-        msg_id = str(msg_id)
         index = _as_int(event.get("index"), -1)
+        changed = False
         if etype == "content_block_start":
-            block = event.get("content_block") or {}
-            if block.get("type") == "text":
-                msg = self._message(msg_id)
-                ordinal = len(msg.streamed)
-                self._text_block_index[(msg_id, index)] = ordinal
-                msg.streamed[ordinal] = str(block.get("text") or "")
-                return self._text_changed("stream_event")
-            return []
-        if etype == "content_block_delta":
-            delta = event.get("delta") or {}
-            if delta.get("type") != "text_delta":
-                return []
-            msg = self._message(msg_id)
-            key = (msg_id, index)
-            if key not in self._text_block_index:
-                self._text_block_index[key] = len(msg.streamed)
-                msg.streamed[self._text_block_index[key]] = ""
-            ordinal = self._text_block_index[key]
-            msg.streamed[ordinal] = msg.streamed.get(ordinal, "") + str(delta.get("text") or "")
-            return self._text_changed("stream_event")
-        return []
+            block = event.get("content_block")
+            if isinstance(block, dict) and block.get("type") == "text":
+                changed = self._answer.start_block(msg_id, index, _str(block.get("text")))
+        elif etype == "content_block_delta":
+            delta = event.get("delta")
+            if isinstance(delta, dict) and delta.get("type") == "text_delta":
+                changed = self._answer.delta(msg_id, index, _str(delta.get("text")))
+        return self._text_event("stream_event") if changed else []
 
     def _assistant(self, obj: dict[str, Any]) -> list[ClaudeEvent]:
         if obj.get("parent_tool_use_id"):
@@ -270,28 +311,27 @@ class StreamParser:
         message = obj.get("message")
         if not isinstance(message, dict):
             return []
-        msg_id = str(message.get("id") or obj.get("uuid") or self._anon_id())
+        msg_id = _ident(message.get("id")) or _ident(obj.get("uuid")) or self._anon_id()
         content = message.get("content")
         if isinstance(content, str):
             content = [{"type": "text", "text": content}]
         if not isinstance(content, list):
             return []
         events: list[ClaudeEvent] = []
-        msg = self._message(msg_id)
+        self._answer.open_message(msg_id)
         changed = False
         for block in content:
             if not isinstance(block, dict):
                 continue
             btype = block.get("type")
             if btype == "text":
-                msg.final.append(str(block.get("text") or ""))
-                changed = True
+                changed = self._answer.final_block(msg_id, _str(block.get("text"))) or changed
             elif btype == "tool_use":
-                tool_id = str(block.get("id") or "")
+                tool_id = _ident(block.get("id"))
                 if tool_id and tool_id in self._seen_tool_ids:
                     continue
                 self._seen_tool_ids.add(tool_id)
-                name = str(block.get("name") or "?")
+                name = _scalar(block.get("name")) or "?"
                 self.tools_used.append(name)
                 events.append(
                     ClaudeEvent(
@@ -302,8 +342,8 @@ class StreamParser:
                         detail=tool_detail(block.get("input")),
                     )
                 )
-        if changed:
-            events = self._text_changed("assistant") + events
+        if changed:  # one text event for the line (its latest text), before its tools
+            events = self._text_event("assistant") + events
         return events
 
     # ------------------------------------------------------------------ helpers
@@ -311,20 +351,11 @@ class StreamParser:
         self._anon += 1
         return f"_anon{self._anon}"
 
-    def _message(self, msg_id: str) -> _Message:
-        msg = self._messages.get(msg_id)
-        if msg is None:
-            msg = self._messages[msg_id] = _Message()
-            self._order.append(msg_id)
-        return msg
-
-    def _text_changed(self, raw_type: str) -> list[ClaudeEvent]:
-        blocks = [b for mid in self._order for b in self._messages[mid].blocks() if b]
-        text = _BLOCK_SEPARATOR.join(blocks)
-        if text == self._text:
+    def _text_event(self, raw_type: str) -> list[ClaudeEvent]:
+        source = self._answer.snapshot()
+        if source is None:
             return []
-        self._text = text
-        return [ClaudeEvent("text", self.session_id, text, raw_type)]
+        return [TextEvent("text", self.session_id, source, raw_type)]
 
 
 class Outcome(StrEnum):

@@ -95,7 +95,7 @@ class ReplyStream:
         self._uuid = uuid_mod.uuid4().hex
 
         self._state: CardState = "working"
-        self._text = ""
+        self._text: str | Callable[[], str] = ""  # the latest update, read when shown
         self._queue_position: int | None = None
         self._started_at: float | None = None
         self._want_card = False
@@ -173,8 +173,14 @@ class ReplyStream:
         if self._card_id is not None or self._want_card:
             self._kick()
 
-    async def update(self, text: str) -> None:
-        """The answer so far (the whole text, not a delta). Returns at once."""
+    async def update(self, text: str | Callable[[], str]) -> None:
+        """The answer so far (the whole text, not a delta). Returns at once.
+
+        `text` may be a function returning the text: it is called only when a card is about
+        to be sent (at most once per `min_interval`), never per update. Pass one for streamed
+        text (``lambda: event.text`` of a parser ``TextEvent``): joining a long answer for
+        each of its thousands of deltas is quadratic.
+        """
         if self._closed:
             return
         if self._started_at is None:
@@ -213,7 +219,8 @@ class ReplyStream:
         note = None
         if self._started_at is not None:
             note = f"running {int(self._clock() - self._started_at)}s"
-        return ("working", self._text, note, None)
+        text = self._text if isinstance(self._text, str) else self._text()
+        return ("working", text, note, None)
 
     def _kick(self) -> None:
         if self._closed:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import statistics
+import tracemalloc
 
 import pytest
 
@@ -239,3 +241,105 @@ def test_not_logged_in_is_permanent_not_retried() -> None:
     verdict = classify(exit_code=1, result=parse_result(line), stderr="")
     assert verdict.outcome is Outcome.PERMANENT
     assert "ANTHROPIC_API_KEY" in verdict.reason
+
+
+# -- #10: valid JSON of an unexpected shape is ignored, never raised on ---------------------------
+
+UNEXPECTED_SHAPES = [
+    {"type": "stream_event", "event": {"type": "message_start", "message": ["not", "a", "dict"]}},
+    {"type": "stream_event", "event": {"type": "content_block_start", "content_block": "text"}},
+    {"type": "stream_event", "event": {"type": "content_block_start", "content_block": [1]}},
+    {"type": "stream_event", "event": {"type": "content_block_delta", "delta": "text_delta"}},
+    {"type": "stream_event", "event": {"type": "content_block_delta", "delta": 7, "index": 0}},
+    {
+        "type": "stream_event",
+        "event": {"type": "content_block_delta", "index": 1e308, "delta": {"type": "text_delta"}},
+    },
+    {"type": "stream_event", "event": {"type": "content_block_delta", "index": float("inf")}},
+    {"type": "stream_event", "api_message_id": {"id": 1}, "event": {"type": "content_block_stop"}},
+    {"type": "assistant", "message": "hello"},
+    {"type": "assistant", "message": {"id": ["x"], "content": [{"type": "text", "text": 5}]}},
+    {"type": "assistant", "message": {"content": [{"type": "tool_use", "id": {}, "name": []}]}},
+    {"type": "system", "subtype": "api_retry", "attempt": [[[]]], "error": {"a": 1}},
+    {"type": "system", "subtype": "init", "session_id": 42},
+    {"type": ["result"]},
+    {"type": "result", "errors": 3, "permission_denials": 1, "total_cost_usd": "x"},
+    {"type": "result", "errors": {"a": 1}, "permission_denials": {"b": 2}, "session_id": [1]},
+    {"type": "result", "duration_ms": 10**30, "num_turns": float("nan"), "api_error_status": "x"},
+    {"type": "result", "total_cost_usd": float("inf"), "api_error_status": 1e300, "result": 1},
+]
+
+
+@pytest.mark.parametrize("obj", UNEXPECTED_SHAPES)
+def test_unexpected_shape_is_ignored(obj: dict) -> None:
+    parser = StreamParser()
+    parser.feed(json.dumps({"type": "system", "subtype": "init", "session_id": "s"}))
+    events = parser.feed(json.dumps(obj))
+    assert all(isinstance(e.text, str) for e in events)
+    assert parser.session_id == "s"
+    if parser.result is not None:  # everything the store writes fits SQLite
+        assert -(2**63) <= parser.result.duration_ms < 2**63
+        assert -(2**63) <= parser.result.num_turns < 2**63
+        assert parser.result.cost_usd == parser.result.cost_usd != float("inf")
+        assert parser.result.api_error_status is None
+        assert all(isinstance(e, str) for e in parser.result.errors)
+        classify(exit_code=1, result=parser.result, stderr="")
+
+
+def test_unexpected_shape_lone_surrogate_is_replaced() -> None:
+    """JSON may escape a lone surrogate; no UTF-8 encoder (SQLite, Feishu) takes one."""
+    parser = StreamParser()
+    message = {"id": "m", "content": [{"type": "text", "text": "a\ud800b"}]}
+    [event] = parser.feed(json.dumps({"type": "assistant", "message": message}))
+    assert event.text == "a\ufffdb"
+    parser.feed(json.dumps({"type": "result", "result": "x\udfffy", "errors": ["\ud83d"]}))
+    assert parser.result is not None
+    assert parser.result.text == "x\ufffdy"
+    assert parser.result.errors == ("\ufffd",)
+
+
+def test_unexpected_shape_deeply_nested_line() -> None:
+    parser = StreamParser()
+    assert parser.feed("[" * 100_000 + "]" * 100_000) == []
+    assert parser.feed('{"type": ' + "[" * 100_000 + "]" * 100_000 + "}") == []
+    assert parser.bad_lines == 2
+
+
+# -- #11: the cost of a streamed delta does not grow with the answer ------------------------------
+
+
+def _text_delta_lines(count: int, piece: str) -> list[str]:
+    event = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta"}}
+    event["delta"]["text"] = piece
+    start = {"type": "content_block_start", "index": 0, "content_block": {"type": "text"}}
+    return [
+        json.dumps({"type": "stream_event", "event": {"type": "message_start", "message": {}}}),
+        json.dumps({"type": "stream_event", "event": start}),
+        *[json.dumps({"type": "stream_event", "event": event})] * count,
+    ]
+
+
+def test_quadratic_streaming_cost() -> None:
+    """Bytes allocated while feeding one delta (tracemalloc: deterministic, unlike time) are
+    the same for the last deltas of an 8000-delta answer as for the first ones. The old parser
+    re-joined the whole answer for every delta: 26x more at the end, quadratic in total."""
+    piece = "x" * 24 + "\n"
+    lines = _text_delta_lines(8000, piece)
+    parser = StreamParser()
+    events = []
+    allocated = []
+    tracemalloc.start()
+    try:
+        for line in lines:
+            before = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
+            events.extend(parser.feed(line))  # kept: an event must not hold a copy of the text
+            allocated.append(tracemalloc.get_traced_memory()[1] - before)
+    finally:
+        tracemalloc.stop()
+    first, last = statistics.median(allocated[2:502]), statistics.median(allocated[-500:])
+    assert last <= 2 * first, (first, last)
+    assert len(events) == 8000
+    assert parser.text == events[-1].text == piece * 8000
+    assert events[100].text == piece * 101  # an early event still reads its own moment
+    assert parser.text is parser.text  # read twice, joined once

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
+from feishu_bot.claude.protocol import StreamParser
 from feishu_bot.errors import FeishuApiError, FeishuTransientError
+from feishu_bot.events import ClaudeEvent
 from feishu_bot.feishu.progress import DEFAULT_REACTION, ReplyStream
 from feishu_bot.feishu.render import CARD_MAX_BYTES, card_size
 from feishu_bot.feishu.replier import FeishuReplier
@@ -431,6 +434,49 @@ async def test_aclose_without_final_stops_background_work(
     await settle()
     assert fake.ops("patch") == []
     assert stream.closed
+
+
+def _text_delta_lines(count: int, piece: str) -> list[str]:
+    """A stream-json run whose one text block arrives as `count` deltas of `piece`."""
+    event = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta"}}
+    event["delta"]["text"] = piece
+    start = {"type": "content_block_start", "index": 0, "content_block": {"type": "text"}}
+    return [
+        json.dumps({"type": "stream_event", "event": {"type": "message_start", "message": {}}}),
+        json.dumps({"type": "stream_event", "event": start}),
+        *[json.dumps({"type": "stream_event", "event": event})] * count,
+    ]
+
+
+async def test_quadratic_streaming_cost_card(fake: FakeReplier, time_: ManualTime) -> None:
+    """#11: streamed text is read only when a card is shown (at most once a second), never per
+    delta; 8000 deltas cost a few reads of the answer, not 8000 copies of it."""
+    parser = StreamParser()
+    stream = make_stream(fake, time_)
+    reads: list[int] = []  # the length of every text the stream read
+
+    def lazily(event: ClaudeEvent) -> Callable[[], str]:
+        def read() -> str:
+            reads.append(len(event.text))
+            return event.text
+
+        return read
+
+    lines = _text_delta_lines(8000, "ab")
+    for i, line in enumerate(lines):
+        for event in parser.feed(line):
+            if event.kind == "text":
+                await stream.update(lazily(event))
+        if i == len(lines) // 2:
+            await fake.wait_for(lambda: fake.order)  # the card is created half way
+    await tick(time_, 1.0)
+    await fake.wait_for(lambda: fake.ops("patch"))
+    await settle()
+    [(_, card)] = fake.ops("patch")
+    assert body(card) == parser.text == "ab" * 8000
+    assert len(reads) <= 3  # the create, the PATCH, at most one check
+    await stream.finish(parser.text)
+    assert len(reads) <= 3
 
 
 # -- against the simulator ---------------------------------------------------------------------
