@@ -20,7 +20,12 @@ if TYPE_CHECKING:
 __all__ = ["COMMANDS", "parse_command", "run_command"]
 
 CommandFn = Callable[["BotContext", InboundMessage, str], Awaitable[str]]
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-\[\]:]{0,99}$")
+_MODEL_NAME_MAX = 100
+_MODEL_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._\-\[\]:]{{0,{_MODEL_NAME_MAX - 1}}}")
+# Replies quote user input at most this long; Linux path limits (bytes) for /cd.
+ECHO_MAX = 80
+_PATH_MAX = 4096
+_NAME_MAX = 255
 
 
 def _duration(seconds: float) -> str:
@@ -90,14 +95,29 @@ async def cmd_cd(ctx: BotContext, msg: InboundMessage, args: str) -> str:
     conv = await _ensure(ctx, msg)
     if not args:
         return f"Working directory: {conv.workdir}\nUsage: /cd <path under {root}>"
-    raw = Path(args).expanduser()
-    target = (raw if raw.is_absolute() else Path(conv.workdir) / raw).resolve()
-    if target != root and root not in target.parents:
-        return f"Refused: {args} is outside the workspace {root}."
-    if not target.is_dir():
-        return f"No such directory: {target}"
+    problem = _path_problem(args)
+    if problem:
+        return f"Cannot change to {_echo(args)}: {problem}."
+    try:
+        raw = Path(args).expanduser()
+        target = (raw if raw.is_absolute() else Path(conv.workdir) / raw).resolve()
+        if target != root and root not in target.parents:
+            return f"Refused: {_echo(args)} is outside the workspace {root}."
+        if not target.is_dir():
+            return f"No such directory: {_echo_path(target)}"
+    except (OSError, ValueError, RuntimeError) as exc:  # EACCES, unencodable names, loops
+        if isinstance(exc, RuntimeError):  # pathlib's "Symlink loop from ..."
+            reason = "it is a loop of symbolic links"
+        elif isinstance(exc, OSError) and exc.strerror:
+            reason = exc.strerror
+        else:
+            reason = "not a usable path"
+        return f"Cannot change to {_echo(args)}: {reason}."
     await ctx.store.set_workdir(msg.conversation_key, str(target))
-    return f"Working directory is now {target}. Your next message starts a fresh Claude session."
+    return (
+        f"Working directory is now {_echo_path(target)}. "
+        "Your next message starts a fresh Claude session."
+    )
 
 
 async def cmd_model(ctx: BotContext, msg: InboundMessage, args: str) -> str:
@@ -108,10 +128,43 @@ async def cmd_model(ctx: BotContext, msg: InboundMessage, args: str) -> str:
     if args.lower() in ("default", "reset"):
         await ctx.store.set_model(msg.conversation_key, None)
         return "Model reset to the default."
-    if not _MODEL_NAME.match(args):
-        return f"Not a valid model name: {args!r}"
+    if not _MODEL_NAME.fullmatch(args):
+        return (
+            f"Not a valid model name: {_echo(args)}. A model name is 1 to {_MODEL_NAME_MAX} "
+            "letters, digits and . _ - : [ ] (for example sonnet, opus or claude-sonnet-4-5)."
+        )
     await ctx.store.set_model(msg.conversation_key, args)
     return f"Model set to {args} for this conversation."
+
+
+def _echo(text: str, limit: int = ECHO_MAX) -> str:
+    """User input quoted in a reply: one line of printable characters, at most `limit` long
+    (a 100k-character argument must not come back as a 100k-character reply)."""
+    head = text[: limit * 4]  # enough to fill `limit` after whitespace is squeezed
+    line = "".join(c if c.isprintable() else " " for c in head)
+    line = " ".join(line.split())
+    if len(line) > limit or len(head) < len(text):
+        line = line[: limit - 1] + "…"
+    return f"“{line}”"
+
+
+def _echo_path(path: Path, limit: int = ECHO_MAX) -> str:
+    """A path in a reply, bounded; a long one keeps its end (the part that differs)."""
+    text = "".join(c if c.isprintable() else "?" for c in str(path))
+    return text if len(text) <= limit else "…" + text[-(limit - 1) :]
+
+
+def _path_problem(args: str) -> str | None:
+    """Why `args` cannot be a path at all (said plainly, not as an internal error)."""
+    if "\x00" in args:
+        return "a path cannot contain a NUL character"
+    size = len(args.encode("utf-8", "surrogatepass"))
+    if size > _PATH_MAX:
+        return f"the path is too long ({size} bytes; at most {_PATH_MAX})"
+    longest = max(len(part.encode("utf-8", "surrogatepass")) for part in args.split("/"))
+    if longest > _NAME_MAX:
+        return f"a name in the path is too long ({longest} bytes; at most {_NAME_MAX})"
+    return None
 
 
 async def _ensure(ctx: BotContext, msg: InboundMessage) -> Conversation:

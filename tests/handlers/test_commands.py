@@ -130,3 +130,55 @@ async def test_status_shows_conversation_and_bot(ctx: BotContext) -> None:
 
 async def test_stop_with_nothing_running(ctx: BotContext) -> None:
     assert "Nothing" in await run_command(ctx, MSG, "stop", "")
+
+
+# -- #14: replies quote bounded input and say plainly what is wrong --------------------------------
+
+
+async def test_unbounded_command_echo_cd(ctx: BotContext) -> None:
+    """A 100k-character /cd argument used to come back whole; a long name raised OSError and a
+    NUL byte ValueError, both shown as "Something went wrong"."""
+    root = ctx.workdir_root.resolve()
+    cases = {
+        "x" * 100_000: "too long",  # whole path beyond PATH_MAX
+        "a" * 300: "name in the path is too long",  # one name beyond NAME_MAX
+        "proj/" + "b" * 250 + "/" + "c" * 250 + "/" * 10: "No such directory",
+        "bad\x00name": "NUL",
+        "/etc/" + "y" * 200: "outside the workspace",
+        "z" * 200 + "\n" * 500: "too long",
+        "z" * 200 + "\n" * 20: "No such directory",
+    }
+    for args, expected in cases.items():
+        text = await run_command(ctx, MSG, "cd", args)
+        assert expected in text, (args[:20], text)
+        assert len(text) <= 160 + len(str(root)), text
+        assert "\x00" not in text and "\n" not in text
+    conv = await ctx.store.get_conversation(MSG.conversation_key)
+    assert Path(conv.workdir) == root  # nothing changed
+
+
+async def test_unbounded_command_echo_cd_loop_and_long_target(ctx: BotContext) -> None:
+    (ctx.workdir_root / "a").symlink_to("b")
+    (ctx.workdir_root / "b").symlink_to("a")
+    assert "loop" in await run_command(ctx, MSG, "cd", "a/x")
+    deep = ctx.workdir_root
+    for i in range(20):
+        deep = deep / f"level-{i:02d}-{'d' * 20}"
+    deep.mkdir(parents=True)
+    text = await run_command(ctx, MSG, "cd", str(deep.relative_to(ctx.workdir_root)))
+    assert "now …" in text and len(text) < 200  # the end of the path, not all of it
+    conv = await ctx.store.get_conversation(MSG.conversation_key)
+    assert Path(conv.workdir) == deep.resolve()
+
+
+async def test_unbounded_command_echo_model(ctx: BotContext) -> None:
+    for args in ("m" * 100_000, "claude\x00opus", "a" * 101, "rm -rf /", "模型"):
+        text = await run_command(ctx, MSG, "model", args)
+        assert text.startswith("Not a valid model name"), text
+        assert len(text) <= 250 and "\x00" not in text
+        assert "letters, digits" in text  # says what a valid name is
+    conv = await ctx.store.get_conversation(MSG.conversation_key)
+    assert conv.model is None
+    name = "claude-sonnet-4-5[1m]"
+    assert name in await run_command(ctx, MSG, "model", name)
+    assert "Model set" in await run_command(ctx, MSG, "model", "a" * 100)
