@@ -442,6 +442,99 @@ class SessionStore:
             counts[row[0]] = int(row[1])
         return counts
 
+    # -- kept attachments (issue 10: an image or file sent without text waits for its question)
+    #
+    # A kept message is a journal row of its own: prompt '', its attachments as JSON, status
+    # 'done' (so recovery never runs it) and `error` as the marker of where it stands:
+    # 'kept' (waiting), 'kept>' + the message id of the text message that took it, or
+    # 'kept-dropped' (/new). No schema change is needed, and a claim is idempotent per
+    # claiming message, so a replayed turn gets the same attachments again.
+
+    async def keep_message(
+        self,
+        message_id: str,
+        *,
+        conversation_key: str,
+        chat_id: str,
+        attachments_json: str,
+        reply_in_thread: bool,
+        sender_open_id: str = "",
+    ) -> bool:
+        """Record the message as processed and keep its attachments, atomically.
+
+        False when `message_id` was seen before (nothing is kept twice).
+        """
+        now = self._clock()
+
+        async def body(conn: aiosqlite.Connection) -> bool:
+            first = await conn.execute_fetchall(
+                "INSERT INTO processed_messages (message_id, seen_at) VALUES (?, ?)"
+                " ON CONFLICT (message_id) DO NOTHING RETURNING 1",
+                (message_id, now),
+            )
+            if not first:
+                return False
+            rows = await conn.execute_fetchall(
+                "INSERT INTO turns (message_id, conversation_key, chat_id, prompt,"
+                " reply_in_thread, status, error, attachments, sender_open_id,"
+                " created_at, updated_at) VALUES (?, ?, ?, '', ?, 'done', 'kept', ?, ?, ?, ?)"
+                " ON CONFLICT (message_id) DO NOTHING RETURNING id",
+                (
+                    message_id,
+                    conversation_key,
+                    chat_id,
+                    int(reply_in_thread),
+                    attachments_json,
+                    sender_open_id,
+                    now,
+                    now,
+                ),
+            )
+            return bool(rows)
+
+        return await self._write(body)
+
+    async def claim_kept(
+        self, conversation_key: str, claimer_message_id: str, *, since: float
+    ) -> list[tuple[str, str]]:
+        """Give the conversation's waiting attachments kept at or after `since` to the message
+        `claimer_message_id`; return every (message_id, attachments JSON) it holds, oldest
+        first (including those it claimed before, so a replayed turn sees the same ones)."""
+        now = self._clock()
+        marker = "kept>" + claimer_message_id
+
+        async def body(conn: aiosqlite.Connection) -> list[tuple[str, str]]:
+            # Only what was kept before the claiming message arrived (its journal row, when
+            # it has one, fixes that order): a later image waits for the next question.
+            await conn.execute(
+                "UPDATE turns SET error = ?, updated_at = ? WHERE conversation_key = ?"
+                " AND error = 'kept' AND created_at >= ? AND id < COALESCE("
+                "(SELECT id FROM turns WHERE message_id = ?), 9223372036854775807)",
+                (marker, now, conversation_key, since, claimer_message_id),
+            )
+            rows = await conn.execute_fetchall(
+                "SELECT message_id, attachments FROM turns WHERE conversation_key = ?"
+                " AND error = ? ORDER BY id",
+                (conversation_key, marker),
+            )
+            return [(str(row[0]), str(row[1])) for row in rows]
+
+        return await self._write(body)
+
+    async def drop_kept(self, conversation_key: str) -> int:
+        """Forget the conversation's waiting attachments (/new); returns how many."""
+        now = self._clock()
+
+        async def body(conn: aiosqlite.Connection) -> int:
+            return await _rowcount(
+                conn,
+                "UPDATE turns SET error = 'kept-dropped', updated_at = ?"
+                " WHERE conversation_key = ? AND error = 'kept'",
+                (now, conversation_key),
+            )
+
+        return await self._write(body)
+
     # -- health ---------------------------------------------------------------------------
 
     async def ping(self) -> bool:

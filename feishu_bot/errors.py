@@ -134,3 +134,22 @@ class GatewayError(BotError):
 
 
 __all__ += ["GatewayError"]
+
+
+class AttachmentError(BotError):
+    """A message's attachment cannot be given to Claude (or a file cannot be sent back).
+
+    Unlike the rest of this tree it carries its user-facing sentence as `str(exc)`: only the
+    attachments code knows the file name, the limit and the reason, and the sentence is what
+    the user must read (describe_error returns it as is). `reason` is one of "too_large",
+    "not_found", "download_failed", "timeout", "not_image", "sticker", "unsupported".
+    """
+
+    def __init__(self, sentence: str, *, reason: str, kind: str = "", name: str = "") -> None:
+        super().__init__(sentence)
+        self.reason = reason
+        self.kind = kind
+        self.name = name
+
+
+__all__ += ["AttachmentError"]

@@ -16,9 +16,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from feishu_bot.events import InboundMessage
+from feishu_bot.events import Attachment, InboundMessage
 
 __all__ = [
+    "MEDIA_TYPES",
     "SUPPORTED_TYPES",
     "MalformedEvent",
     "event_message_id",
@@ -27,6 +28,8 @@ __all__ = [
 ]
 
 SUPPORTED_TYPES = frozenset({"text", "post"})
+# Messages that are one resource and no text: parsed into `attachments` (text stays None).
+MEDIA_TYPES = frozenset({"image", "file", "audio", "media", "sticker"})
 
 # Preferred locale order when a post carries several translations.
 _LOCALES = ("zh_cn", "en_us", "ja_jp")
@@ -70,6 +73,9 @@ def parse_message_event(envelope: dict[str, Any], bot_open_id: str) -> InboundMe
       is removed and reported as `mentioned_bot=True`; stripped.
     - post: title first, then one line per paragraph; links kept as "text (href)"; code blocks
       as fenced blocks; images as "[image]".
+    - image, file, audio, media (video), sticker: `text=None`, the resource in `attachments`
+      (none when the content lacks its key); a post's `img`/`media` elements are also listed
+      in `attachments`, in reading order, while its text keeps an "[image]" placeholder.
     - anything else: `text=None`, `msg_type` set; its content is not inspected.
     - `thread_root` is set only for messages in a thread/topic (`thread_id` present): the
       `root_id`, or the message's own id when it is the topic's first message.
@@ -111,10 +117,15 @@ def _parse(envelope: Any, bot_open_id: str) -> InboundMessage:
     mentioned_bot = bool(bot_open_id) and any(m[1] == bot_open_id for m in mentions)
 
     text: str | None = None
+    attachments: tuple[Attachment, ...] = ()
     if msg_type in SUPPORTED_TYPES:
         content = _content(content_raw)
         raw = _text_of(content) if msg_type == "text" else _post_text(content)
         text = _replace_mentions(raw, mentions, bot_open_id).strip()
+        if msg_type == "post":
+            attachments = _post_attachments(content)
+    elif msg_type in MEDIA_TYPES:
+        attachments = _media_attachments(msg_type, content_raw)
 
     return InboundMessage(
         message_id=message_id,
@@ -126,6 +137,7 @@ def _parse(envelope: Any, bot_open_id: str) -> InboundMessage:
         mentioned_bot=mentioned_bot,
         thread_root=thread_root,
         create_time_ms=create_time_ms,
+        attachments=attachments,
     )
 
 
@@ -292,6 +304,46 @@ def _post_element(element: Mapping[str, Any]) -> str:
     if tag == "hr":
         return "\n---\n"
     return _s(element, "text")
+
+
+# -- resources (images, files, audio, video, stickers) ---------------------------------------
+
+
+def _media_attachments(msg_type: str, content_raw: str) -> tuple[Attachment, ...]:
+    """image: {"image_key"}; file: {"file_key","file_name"}; audio: {"file_key","duration"};
+    media (video): {"file_key","image_key","file_name","duration"}; sticker: {"file_key"}.
+
+    Content without its key gives no attachment (the caller then treats the message as
+    unsupported) rather than MalformedEvent: the envelope itself is fine.
+    """
+    try:
+        content = json.loads(content_raw)
+    except ValueError:
+        return ()
+    if not isinstance(content, Mapping):
+        return ()
+    key = _s(content, "image_key" if msg_type == "image" else "file_key")
+    if not key:
+        return ()
+    size = content.get("file_size", content.get("size"))
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        size = None
+    return (Attachment(msg_type, key, name=_s(content, "file_name"), size=size),)
+
+
+def _post_attachments(content: Mapping[str, Any]) -> tuple[Attachment, ...]:
+    """The post's images (and videos) in reading order; elements without a key are skipped."""
+    found: list[Attachment] = []
+    for paragraph in _post_body(content).get("content") or []:
+        for element in paragraph if isinstance(paragraph, list) else []:
+            if not isinstance(element, Mapping):
+                continue
+            tag = element.get("tag")
+            if tag == "img" and _s(element, "image_key"):
+                found.append(Attachment("image", _s(element, "image_key")))
+            elif tag == "media" and _s(element, "file_key"):
+                found.append(Attachment("media", _s(element, "file_key")))
+    return tuple(found)
 
 
 def _replace_mentions(text: str, mentions: list[tuple[str, str, str]], bot_open_id: str) -> str:

@@ -57,6 +57,8 @@ TOKEN_REFRESH_MARGIN = 600.0  # seconds before expiry at which a cached token is
 _TOKEN_PATH = "/open-apis/auth/v3/tenant_access_token/internal"
 
 Sleep = Callable[[float], Awaitable[None]]
+# Builds a fresh multipart body for each attempt (an aiohttp FormData can be sent only once).
+FormFactory = Callable[[], aiohttp.FormData]
 
 
 class FeishuReplier:
@@ -296,6 +298,29 @@ class FeishuReplier:
             op="cardkit_update",
         )
 
+    # -- media support (feishu/media.py streams downloads and sends uploads through these) ----
+
+    @property
+    def base_url(self) -> str:
+        return self._base
+
+    def http_session(self) -> aiohttp.ClientSession:
+        """The shared HTTP session (media downloads stream over it with their own timeouts)."""
+        return self._http()
+
+    async def tenant_token(self) -> str:
+        """The cached tenant token (fetched if needed). Never log it."""
+        return await self._tenant_token()
+
+    def drop_token(self, token: str) -> None:
+        """Forget `token` after Feishu rejected it, so the next call fetches a new one."""
+        self._drop_token(token)
+
+    async def upload(self, path: str, form: FormFactory, *, op: str) -> dict[str, Any]:
+        """A multipart POST with the same token, retries and error classification as every
+        other call; returns the JSON body. `form` is called once per attempt."""
+        return await self._call("POST", path, op=op, form=form)
+
     # -- token -------------------------------------------------------------------------------
 
     async def _tenant_token(self) -> str:
@@ -368,6 +393,7 @@ class FeishuReplier:
         op: str,
         params: dict[str, str] | None = None,
         json: dict[str, Any] | None = None,
+        form: FormFactory | None = None,
     ) -> dict[str, Any]:
         """An authenticated request with retries; returns the JSON body (code == 0)."""
         retrying = AsyncRetrying(
@@ -383,7 +409,7 @@ class FeishuReplier:
                 token = await self._tenant_token()
                 try:
                     return await self._request(
-                        method, path, params=params, json=json, token=token, op=op
+                        method, path, params=params, json=json, token=token, op=op, form=form
                     )
                 except FeishuTokenInvalid:
                     self._drop_token(token)
@@ -399,9 +425,11 @@ class FeishuReplier:
         token: str | None,
         params: dict[str, str] | None = None,
         json: dict[str, Any] | None = None,
+        form: FormFactory | None = None,
     ) -> dict[str, Any]:
         """One HTTP exchange, classified into success, transient or permanent failure."""
-        headers = {"Content-Type": "application/json; charset=utf-8"}
+        # A multipart body (uploads) sets its own Content-Type with the boundary.
+        headers = {} if form is not None else {"Content-Type": "application/json; charset=utf-8"}
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
         started = time.monotonic()
@@ -412,7 +440,7 @@ class FeishuReplier:
                 params=params,
                 # Serialised here (UTF-8, not ASCII-escaped) so the body is exactly what
                 # render measured against Feishu's request body limit.
-                data=body_dumps(json) if json is not None else None,
+                data=form() if form is not None else body_dumps(json) if json is not None else None,
                 headers=headers,
                 timeout=self._timeout,
             ) as resp:

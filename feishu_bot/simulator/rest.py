@@ -83,6 +83,7 @@ class RestApi:
         self._uuids: dict[str, tuple[str, float]] = {}  # uuid -> (message_id, monotonic)
         self._rate: dict[str, deque[float]] = defaultdict(deque)
         self.cardkit: Any = None  # CardKitApi: resolves {"type": "card"} contents to entities
+        self.media: Any = None  # SimMedia: image/file messages must carry an uploaded key
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -184,6 +185,7 @@ class RestApi:
             if existing := self._uuid_hit(body):
                 return ok(self._message_data(existing))
             msg_type, content = _validate_content(body, await request.read())
+            self._check_media_key(msg_type, content)
             chat_id = self._resolve_chat(receive_id_type, receive_id)
             self._check_rate(f"chat:{chat_id}")
             msg = SentMessage(
@@ -207,6 +209,7 @@ class RestApi:
             if existing := self._uuid_hit(body):
                 return ok(self._message_data(existing))
             msg_type, content = _validate_content(body, await request.read())
+            self._check_media_key(msg_type, content)
             self._check_rate(f"chat:{parent.chat_id}")
             in_thread = bool(body.get("reply_in_thread"))
             root_id = parent.root_id or parent.message_id
@@ -328,6 +331,11 @@ class RestApi:
         return ok(self._reaction_data(reaction))
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _check_media_key(self, msg_type: str, content: dict[str, Any]) -> None:
+        problem = self.media.check_message_key(msg_type, content) if self.media else None
+        if problem is not None:
+            raise _invalid(problem[1])
 
     def _uuid_hit(self, body: dict[str, Any]) -> SentMessage | None:
         uuid = body.get("uuid")

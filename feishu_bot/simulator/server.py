@@ -21,6 +21,7 @@ from . import envelopes
 from .cardkit import CardAction, CardKitApi, find_button
 from .envelopes import MESSAGE_RECEIVE, bot_mention, build_envelope, build_message_event
 from .faults import FaultRule, Faults
+from .media import SimMedia
 from .options import SimOptions
 from .records import (
     AckRecord,
@@ -87,6 +88,9 @@ class FeishuSimulator:
         # CardKit entities and card callbacks; `cardkit.refuse()` / `cardkit.stream_ttl`.
         self.cardkit = CardKitApi(self.options, self.records, stream_ttl=cardkit_stream_ttl)
         self.rest.cardkit = self.cardkit
+        # Message resources and uploads (images, files): `media.push_image(...)`, `media.uploads`.
+        self.media = SimMedia(self.options, self.records, self.push_message)
+        self.rest.media = self.media
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -102,8 +106,11 @@ class FeishuSimulator:
     async def start(self) -> FeishuSimulator:
         if self._runner is not None:
             return self
-        app = web.Application(middlewares=[self._middleware], client_max_size=8 * 1024 * 1024)
-        app.add_routes(self.hub.routes() + self.rest.routes() + self.cardkit.routes())
+        # 40 MB: file uploads may be 30 MB (the limit is checked by the handler, with its code).
+        app = web.Application(middlewares=[self._middleware], client_max_size=40 * 1024 * 1024)
+        app.add_routes(
+            self.hub.routes() + self.rest.routes() + self.cardkit.routes() + self.media.routes()
+        )
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         site = web.TCPSite(runner, self._host, self._port)
