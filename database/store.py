@@ -535,6 +535,41 @@ class SessionStore:
 
         return await self._write(body)
 
+    # -- tool grants ("Always allow" from a card; issue 9) -------------------------------------
+
+    async def grant_tool(self, conversation_key: str, tool: str, granted_by: str) -> None:
+        """Allow `tool` for good in one conversation (a repeated grant updates who and when)."""
+        now = self._clock()
+
+        async def body(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "INSERT INTO tool_grants (conversation_key, tool, granted_by, granted_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (conversation_key, tool) DO UPDATE SET"
+                " granted_by = excluded.granted_by, granted_at = excluded.granted_at",
+                (conversation_key, tool, granted_by, now),
+            )
+
+        await self._write(body)
+
+    async def list_grants(self, conversation_key: str) -> list[tuple[str, str, float]]:
+        """The conversation's grants as (tool, granted_by, granted_at), by tool name."""
+        rows = await self._fetchall(
+            "SELECT tool, granted_by, granted_at FROM tool_grants WHERE conversation_key = ?"
+            " ORDER BY tool",
+            (conversation_key,),
+        )
+        return [(str(row[0]), str(row[1]), float(row[2])) for row in rows]
+
+    async def clear_grants(self, conversation_key: str) -> int:
+        """Forget every grant of the conversation (/new); returns how many there were."""
+
+        async def body(conn: aiosqlite.Connection) -> int:
+            return await _rowcount(
+                conn, "DELETE FROM tool_grants WHERE conversation_key = ?", (conversation_key,)
+            )
+
+        return await self._write(body)
+
     # -- health ---------------------------------------------------------------------------
 
     async def ping(self) -> bool:
