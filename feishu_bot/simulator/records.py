@@ -8,6 +8,7 @@ tests wait on state instead of sleeping.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from collections.abc import Callable
@@ -149,6 +150,17 @@ class AckRecord:
     biz_rt_ms: int | None = None
     payload: Any = None
     at: float = field(default_factory=time.time)
+
+    @property
+    def data(self) -> Any:
+        """The ack's ``data`` decoded (base64 of JSON: a card callback's answer), else None."""
+        raw = self.payload.get("data") if isinstance(self.payload, dict) else None
+        if not raw:
+            return None
+        try:
+            return json.loads(base64.b64decode(raw))
+        except ValueError:
+            return raw
 
 
 @dataclass(slots=True)

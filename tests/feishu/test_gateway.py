@@ -212,11 +212,3 @@ async def test_logs_never_carry_the_ticket_or_access_key(sim, started):
     text = "\n".join(lines)
     assert "connected" in text and "reconnected" in text and "stopped" in text
     assert "ticket" not in text and "access_key" not in text and "ws://" not in text
-
-
-def test_on_event_must_not_be_a_coroutine_function():
-    async def handler(envelope: dict[str, Any]) -> None:
-        pass
-
-    with pytest.raises(TypeError):
-        FeishuGateway(app_id="a", app_secret="b", domain="http://127.0.0.1:1", on_event=handler)
