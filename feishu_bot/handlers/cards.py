@@ -1,0 +1,172 @@
+"""Button clicks (`card.action.trigger`): decide in milliseconds, answer with a toast, work after.
+
+Feishu waits 3 s for the answer, which rides on the event's ack; a slow answer shows the user
+an error. So this handler only parses, checks and settles: access policy, the signature and
+binding of the value (`feishu.buttons`), the chat the card is in, redelivery (the event id,
+once, through `store.mark_processed("card:…")`), then:
+
+- stop: the turn must still be queued or running (journal), else "already finished"; waiting
+  approvals are settled as stopped and the conversation's turns are stopped as by /stop;
+- new: as /new, run as a tracked task;
+- allow / allow_always / deny / answer: handed to the approval broker, which settles the
+  waiting request (who may answer is its rule) and says what to toast.
+
+It never returns a card: a streaming card cannot be replaced from a callback answer, and the
+turn's own stream updates the card anyway. Anything it refuses does nothing but a toast.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+
+from feishu_bot.events import InboundMessage
+from feishu_bot.feishu.buttons import ButtonSigner, ButtonValue
+
+if TYPE_CHECKING:
+    from feishu_bot.context import BotContext
+    from feishu_bot.feishu.access import AccessPolicy
+
+__all__ = ["RecentAnswers", "handle_card_action", "toast"]
+
+LIVE_STATUSES = ("queued", "running")
+NOT_ALLOWED = "You are not allowed to use this bot."
+FORGED = "This button is not valid (it was changed or is not from this bot). Nothing was done."
+ELSEWHERE = "This button belongs to another chat. Nothing was done."
+FINISHED = "This request has already finished."
+UNREADABLE = "Sorry, this button could not be read."
+NO_APPROVALS = "Approvals are not available right now."
+
+
+def toast(kind: str, content: str) -> dict[str, Any]:
+    """A callback answer that shows a toast (kind: info, success, warning, error)."""
+    return {"toast": {"type": kind, "content": content}}
+
+
+class RecentAnswers:
+    """The answers given to the latest callbacks, so a redelivered one gets the same toast."""
+
+    def __init__(self, size: int = 512) -> None:
+        self._size = size
+        self._items: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    def get(self, event_id: str) -> dict[str, Any] | None:
+        return self._items.get(event_id)
+
+    def put(self, event_id: str, answer: dict[str, Any]) -> None:
+        self._items[event_id] = answer
+        while len(self._items) > self._size:
+            self._items.popitem(last=False)
+
+
+async def handle_card_action(
+    ctx: BotContext,
+    envelope: dict[str, Any],
+    *,
+    access: AccessPolicy,
+    signer: ButtonSigner | None = None,
+    broker: Any = None,
+    answers: RecentAnswers | None = None,
+) -> dict[str, Any]:
+    """The answer to one click (see the module docstring). `signer` defaults to one derived
+    from FEISHU_APP_SECRET, `broker` to `ctx.approvals`."""
+    header = envelope.get("header") if isinstance(envelope, dict) else None
+    event = envelope.get("event") if isinstance(envelope, dict) else None
+    if not isinstance(header, dict) or not isinstance(event, dict):
+        return toast("error", UNREADABLE)
+    event_id = str(header.get("event_id") or "")
+    operator = _get(event, "operator", "open_id")
+    chat_id = _get(event, "context", "open_chat_id")
+    message_id = _get(event, "context", "open_message_id")
+    raw = (
+        (event.get("action") or {}).get("value") if isinstance(event.get("action"), dict) else None
+    )
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            raw = None
+    with logger.contextualize(message_id=message_id):
+        if not access.allows(operator, chat_id):
+            logger.info("card action refused: {} is not allowed", operator)
+            return toast("warning", NOT_ALLOWED)
+        signer = signer or ButtonSigner(ctx.settings.FEISHU_APP_SECRET.get_secret_value())
+        value = signer.verify(raw)
+        if value is None:
+            logger.warning("card action with an invalid value from {}", operator)
+            return toast("error", FORGED)
+        if chat_id and not _in_chat(value.conversation_key, chat_id):
+            logger.warning("card action of {} clicked in chat {}", value.conversation_key, chat_id)
+            return toast("error", ELSEWHERE)
+        if event_id and not await ctx.store.mark_processed("card:" + event_id):
+            logger.info("card action {} delivered again", event_id)
+            earlier = answers.get(event_id) if answers is not None else None
+            return earlier or toast("info", "Already done.")
+        with logger.contextualize(conversation=value.conversation_key):
+            answer = await _act(ctx, value, operator, broker or getattr(ctx, "approvals", None))
+        if answers is not None and event_id:
+            answers.put(event_id, answer)
+        return answer
+
+
+async def _act(ctx: BotContext, value: ButtonValue, operator: str, broker: Any) -> dict[str, Any]:
+    key = value.conversation_key
+    logger.info("card action {} by {} (turn {})", value.action, operator, value.turn_id)
+    if value.action == "stop":
+        turn = await ctx.store.get_turn(value.turn_id)
+        if turn is None or turn.conversation_key != key or turn.status not in LIVE_STATUSES:
+            return toast("info", FINISHED)
+        if broker is not None:
+            broker.stop_conversation(key)
+        conversations = getattr(ctx, "conversations", None)
+        stopped = (
+            conversations.stop(key)
+            if conversations is not None
+            else ctx.turns.cancel_conversation(key, "stop")
+        )
+        if not stopped:
+            return toast("info", FINISHED)
+        return toast("success", "Stopping…")
+    if value.action == "new":
+        ctx.turns.spawn(_new_session(ctx, key), name=f"card-new:{key}")
+        return toast("success", "New session: your next message starts a fresh conversation.")
+    if broker is None:
+        return toast("error", NO_APPROVALS)
+    kind, text = broker.answer(value, operator)
+    return toast(kind, text)
+
+
+async def _new_session(ctx: BotContext, key: str) -> None:
+    """What /new does, for the conversation the button belongs to."""
+    from feishu_bot.handlers.commands import cmd_new
+
+    kind, _, rest = key.partition(":")
+    chat_id, _, root = rest.partition(":")
+    msg = InboundMessage(
+        message_id="",
+        chat_id=chat_id,
+        chat_type="p2p" if kind == "p2p" else "group",
+        sender_open_id="",
+        msg_type="text",
+        text="/new",
+        thread_root=root or None,
+    )
+    try:
+        await cmd_new(ctx, msg, "")
+    except Exception:
+        logger.exception("New session button failed for {}", key)
+
+
+def _in_chat(conversation_key: str, chat_id: str) -> bool:
+    """Whether a conversation key belongs to the chat the card was clicked in."""
+    _, _, rest = conversation_key.partition(":")
+    return rest.split(":", 1)[0] == chat_id
+
+
+def _get(obj: dict[str, Any], outer: str, inner: str) -> str:
+    value = obj.get(outer)
+    found = value.get(inner) if isinstance(value, dict) else None
+    return found if isinstance(found, str) else ""
