@@ -49,7 +49,7 @@ from feishu_bot.feishu.cardkit_state import CardKitState, Reaction
 from feishu_bot.feishu.progress import DEFAULT_REACTION, ReplyStream
 from feishu_bot.feishu.render import ANSWER_ELEMENT, Block, Button, CardState
 
-__all__ = ["CardKitState", "CardStream"]
+__all__ = ["CardKitState", "CardStream", "CardStreamFactory"]
 
 STREAMING_CLOSED = frozenset({200850, 300309})
 IN_INTERACTION = 200810
@@ -472,4 +472,40 @@ class CardStream:
                 logger.warning("final card update refused, replying a new card: {}", exc)
         await self._replier.reply_card(
             self._reply_to, card, in_thread=self._in_thread, uuid=f"{self._uuid}-1"
+        )
+
+
+class CardStreamFactory:
+    """Makes the CardStream of each turn; one per app, sharing one CardKitState and signer.
+
+    Called like the ReplyStream class: ``factory(replier, message_id, in_thread=...)``, plus
+    ``conversation_key`` and ``turn_id`` for the Stop and New session buttons (without a
+    turn id the card has no buttons).
+    """
+
+    def __init__(
+        self, *, cardkit: CardKitState, signer: ButtonSigner | None = None, **options: Any
+    ) -> None:
+        self.cardkit = cardkit
+        self._signer = signer
+        self._options = options
+
+    def __call__(
+        self,
+        replier: Any,
+        reply_to: str,
+        *,
+        in_thread: bool,
+        conversation_key: str = "",
+        turn_id: int | None = None,
+    ) -> CardStream:
+        return CardStream(
+            replier,
+            reply_to,
+            in_thread=in_thread,
+            cardkit=self.cardkit,
+            signer=self._signer,
+            conversation_key=conversation_key,
+            turn_id=turn_id,
+            **self._options,
         )
