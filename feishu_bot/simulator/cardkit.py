@@ -359,6 +359,10 @@ class CardKitApi:
             entity.uuids.add(body["uuid"])
         entity.ops.append((op, body["sequence"], 0))
         entity.versions.append(card)
+        shown = self.records.find_message(entity.message_id) if entity.message_id else None
+        if shown is not None:  # the message's versions are what its user saw, in order
+            shown.versions.append(card)
+            shown.version_times.append(time.time())
         await self.records.changed()
 
     def _check_ttl(self, entity: CardEntity) -> None:

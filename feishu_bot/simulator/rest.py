@@ -349,7 +349,7 @@ class RestApi:
     async def _store(self, msg: SentMessage) -> None:
         if msg.msg_type == "interactive" and self.cardkit is not None:
             msg.card_entity = self.cardkit.attach(msg.content, msg.message_id)
-        msg.versions.append(msg.content)
+        msg.versions.append(msg.rendered)  # a card entity: its card as the user sees it
         msg.version_times.append(msg.created_at)
         if msg.uuid:
             self._uuids[msg.uuid] = (msg.message_id, time.monotonic())

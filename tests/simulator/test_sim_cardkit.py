@@ -57,6 +57,9 @@ async def test_stream_then_close_then_final_update(sim, replier):
     await replier.update_card_entity(card_id, final, sequence=4)
     assert sim.rendered_card(message_id) == final
     assert "Hello world" in sim.message_text(msg)
+    # The message's versions are the card as its user saw it, first to last.
+    assert msg.versions[0]["schema"] == "2.0" and msg.versions[-1] == final
+    assert len(msg.versions) == 1 + len(entity.ops)
     assert [op for op, _, code in entity.ops if code == 0] == [
         "content",
         "content",
