@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
@@ -27,10 +28,13 @@ from feishu_bot.events import InboundMessage
 from feishu_bot.feishu.buttons import ButtonSigner, ButtonValue
 
 if TYPE_CHECKING:
+    from feishu_bot.approvals import ApprovalBroker
+    from feishu_bot.config import Settings
     from feishu_bot.context import BotContext
     from feishu_bot.feishu.access import AccessPolicy
+    from feishu_bot.feishu.streaming import CardStreamFactory
 
-__all__ = ["RecentAnswers", "handle_card_action", "toast"]
+__all__ = ["CardServices", "RecentAnswers", "card_services", "handle_card_action", "toast"]
 
 LIVE_STATUSES = ("queued", "running")
 NOT_ALLOWED = "You are not allowed to use this bot."
@@ -60,6 +64,35 @@ class RecentAnswers:
         self._items[event_id] = answer
         while len(self._items) > self._size:
             self._items.popitem(last=False)
+
+
+@dataclass(frozen=True)
+class CardServices:
+    """What the composition root wires for cards: one of each per app."""
+
+    signer: ButtonSigner
+    stream_factory: CardStreamFactory
+    broker: ApprovalBroker
+    answers: RecentAnswers
+
+
+def card_services(settings: Settings, store: Any) -> CardServices:
+    """Build the card services from the settings (FEISHU_CARDKIT, FEISHU_APPROVERS,
+    CLAUDE_ALLOWED_TOOLS, CLAUDE_PERMISSION_MODE, CLAUDE_APPROVAL_TIMEOUT)."""
+    from feishu_bot.approvals import ApprovalBroker
+    from feishu_bot.feishu.streaming import CardKitState, CardStreamFactory
+
+    signer = ButtonSigner(settings.FEISHU_APP_SECRET.get_secret_value())
+    broker = ApprovalBroker(
+        store=store,
+        signer=signer,
+        approvers=settings.FEISHU_APPROVERS,
+        allowed_tools=settings.allowed_tools,
+        permission_mode=settings.CLAUDE_PERMISSION_MODE,
+        timeout=settings.CLAUDE_APPROVAL_TIMEOUT,
+    )
+    factory = CardStreamFactory(cardkit=CardKitState(settings.FEISHU_CARDKIT), signer=signer)
+    return CardServices(signer, factory, broker, RecentAnswers())
 
 
 async def handle_card_action(

@@ -161,3 +161,22 @@ async def test_approval_clicks_reach_the_broker(ctx):
 async def test_malformed_envelopes(ctx):
     assert (await handle(ctx, {}))["toast"]["type"] == "error"
     assert (await handle(ctx, {"header": {}, "event": "x"}))["toast"]["type"] == "error"
+
+
+def test_card_services_follow_the_settings():
+    from feishu_bot.config import Settings
+    from feishu_bot.handlers.cards import card_services
+
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        FEISHU_APP_ID="cli_x",
+        FEISHU_APP_SECRET=SECRET,
+        FEISHU_CARDKIT="off",
+        FEISHU_APPROVERS="ou_a, ou_b",
+        CLAUDE_APPROVAL_TIMEOUT=30,
+    )
+    services = card_services(settings, store=None)
+    assert services.stream_factory.cardkit.mode == "off"
+    value = services.signer.value("stop", conversation_key=KEY, turn_id=1)
+    assert SIGNER.verify(value) is not None  # the same key as any signer of this secret
+    assert services.broker.waiting_since(KEY) is None
