@@ -43,6 +43,7 @@ __all__ = ["ASK_USER_QUESTION", "ApprovalBroker", "BlockSink", "GrantStore", "su
 
 ASK_USER_QUESTION = "AskUserQuestion"
 DENIED_MESSAGE = "The user denied this tool use from the chat."
+NOT_SHOWN_MESSAGE = "This tool needs a person's approval, which this chat cannot show."
 _MAX_SUMMARY = 600
 _EDIT_LINES = 8
 
@@ -114,7 +115,16 @@ class ApprovalBroker:
     ) -> AskPermission:
         """The AskPermission of one turn, showing its requests on `stream`."""
 
+        can_show = hasattr(stream, "show_block") and hasattr(stream, "resolve_block")
+
         async def ask(request: PermissionRequest) -> PermissionDecision:
+            if not can_show:  # a stream without blocks (a bare ReplyStream): rules only
+                allowed = self._bypass or request.tool_name in self._allowed
+                if request.tool_name != ASK_USER_QUESTION and (
+                    allowed or await self._granted(conversation_key, request.tool_name)
+                ):
+                    return _allow(request)
+                return PermissionDecision(allow=False, message=NOT_SHOWN_MESSAGE)
             if request.tool_name == ASK_USER_QUESTION and _questions(request.input):
                 return await self._ask_question(
                     conversation_key, turn_id, requester_open_id, stream, request

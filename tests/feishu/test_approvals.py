@@ -281,3 +281,12 @@ def test_summaries():
     assert fenced.startswith("````bash")
     long = summarize("Bash", {"command": "x" * 5000})
     assert len(long) < 700
+
+
+async def test_a_stream_without_blocks_gets_rules_only(store):
+    broker = make_broker(store, allowed_tools=["Read"])
+    ask_fn = broker.for_turn(KEY, 7, OWNER, object())
+    assert not (await ask_fn(BASH)).allow
+    assert (await ask_fn(PermissionRequest("r", "Read", {"file_path": "/x"}))).allow
+    question = PermissionRequest("q", "AskUserQuestion", QUESTION)
+    assert not (await ask_fn(question)).allow
