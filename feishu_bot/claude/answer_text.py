@@ -136,6 +136,7 @@ class AnswerText:
         self._order: list[str] = []
         self._block_ordinal: dict[tuple[str, int], int] = {}
         self._log = _TextLog()
+        self.rebuilds = 0  # changes that were not appends (the text may have shrunk)
 
     @property
     def text(self) -> str:
@@ -222,4 +223,5 @@ class AnswerText:
         if text == self.text:
             return False
         self._log = _TextLog(text)
+        self.rebuilds += 1
         return True

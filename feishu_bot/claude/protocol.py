@@ -143,7 +143,7 @@ def _scalar(value: Any, limit: int = 200) -> str:
 def _error_strings(value: Any) -> tuple[str, ...]:
     """`errors` as strings: a string, or a list of strings (or of objects with a message)."""
     if isinstance(value, str):
-        return (value,)
+        return (_clean(value),)
     if not isinstance(value, list):
         return ()
     out = []
@@ -320,6 +320,7 @@ class StreamParser:
         events: list[ClaudeEvent] = []
         self._answer.open_message(msg_id)
         changed = False
+        before, rebuilds = self._answer.snapshot(), self._answer.rebuilds
         for block in content:
             if not isinstance(block, dict):
                 continue
@@ -342,6 +343,9 @@ class StreamParser:
                         detail=tool_detail(block.get("input")),
                     )
                 )
+        if changed and self._answer.rebuilds != rebuilds:
+            # A block replaced in the middle: the line as a whole may have changed nothing.
+            changed = self._answer.text != (before() if before else "")
         if changed:  # one text event for the line (its latest text), before its tools
             events = self._text_event("assistant") + events
         return events

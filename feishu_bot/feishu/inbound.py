@@ -33,12 +33,20 @@ MEDIA_TYPES = frozenset({"image", "file", "audio", "media", "sticker"})
 
 # Preferred locale order when a post carries several translations.
 _LOCALES = ("zh_cn", "en_us", "ja_jp")
+_REASON_MAX = 300
+# Valid JSON may escape a lone surrogate ("\ud800"); no UTF-8 encoder (SQLite, the CLI's
+# stdin, Feishu requests) accepts one. Ids with one are malformed; text gets U+FFFD.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_INT64 = 2**63
 
 
 class MalformedEvent(ValueError):
     """The envelope is not a well-formed message event; `reason` says what is wrong."""
 
     def __init__(self, reason: str) -> None:
+        # The reason is logged: input of any size must not make it large.
+        if len(reason) > _REASON_MAX:
+            reason = reason[: _REASON_MAX - 1] + "…"
         super().__init__(reason)
         self.reason = reason
 
@@ -121,7 +129,7 @@ def _parse(envelope: Any, bot_open_id: str) -> InboundMessage:
     if msg_type in SUPPORTED_TYPES:
         content = _content(content_raw)
         raw = _text_of(content) if msg_type == "text" else _post_text(content)
-        text = _replace_mentions(raw, mentions, bot_open_id).strip()
+        text = _clean(_replace_mentions(raw, mentions, bot_open_id).strip())
         if msg_type == "post":
             attachments = _post_attachments(content)
     elif msg_type in MEDIA_TYPES:
@@ -155,8 +163,10 @@ def _obj(parent: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
 def _str(parent: Mapping[str, Any], key: str, where: str) -> str:
     value = parent.get(key)
     if not isinstance(value, str) or not value:
-        state = "missing" if value is None else f"{value!r}"
+        state = "missing" if value is None else "empty" if value == "" else _kind(value)
         raise MalformedEvent(f"{where}.{key} is {state}, not a non-empty string")
+    if _SURROGATE.search(value):
+        raise MalformedEvent(f"{where}.{key} is not valid Unicode (a lone surrogate)")
     return value
 
 
@@ -166,6 +176,8 @@ def _opt_str(parent: Mapping[str, Any], key: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise MalformedEvent(f"event.message.{key} is a {type(value).__name__}, not a string")
+    if _SURROGATE.search(value):
+        raise MalformedEvent(f"event.message.{key} is not valid Unicode (a lone surrogate)")
     return value
 
 
@@ -175,11 +187,30 @@ def _create_time(value: object) -> int:
         return 0
     if isinstance(value, bool):
         raise MalformedEvent("event.message.create_time is a bool")
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        value = int(value.strip()) if len(value.strip()) <= 19 else _INT64
     if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    raise MalformedEvent(f"event.message.create_time {value!r} is not an integer")
+        if 0 <= value < _INT64:  # SQLite's INTEGER; a time before 1970 is no real message
+            return value
+        raise MalformedEvent("event.message.create_time is out of range")
+    raise MalformedEvent(f"event.message.create_time {_kind(value)} is not an integer")
+
+
+def _kind(value: object) -> str:
+    """A short description of a bad value for a reason (never the repr of something huge)."""
+    if isinstance(value, str):
+        return repr(value[:40] + "…") if len(value) > 40 else repr(value)
+    if isinstance(value, int | float) and abs(value) < 1e18:
+        return str(value)
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+def _clean(text: str) -> str:
+    """`text` with each lone surrogate replaced by U+FFFD."""
+    if text.isascii() or not _SURROGATE.search(text):
+        return text
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def _mentions(value: object) -> list[tuple[str, str, str]]:
@@ -268,7 +299,7 @@ def _post_text(content: Mapping[str, Any]) -> str:
 
 def _s(element: Mapping[str, Any], key: str) -> str:
     value = element.get(key)
-    return value if isinstance(value, str) else ""
+    return _clean(value) if isinstance(value, str) else ""
 
 
 def _post_element(element: Mapping[str, Any]) -> str:

@@ -168,7 +168,15 @@ def mutated_samples(draw: st.DrawFn) -> Any:
 
 
 any_line = st.one_of(json_values, shaped_lines, mutated_samples())
-PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: the same examples on every run (tests here are deterministic); turn it off
+# locally and pass --hypothesis-seed=N to explore further.
+PROPERTY = settings(
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 # -- properties -----------------------------------------------------------------------------------
@@ -316,7 +324,7 @@ text_ops = st.one_of(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
 @given(st.lists(text_ops, max_size=30))
 def test_incremental_text_equals_a_full_rejoin(ops: list[tuple[Any, ...]]) -> None:
     parser = StreamParser()

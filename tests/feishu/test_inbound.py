@@ -306,3 +306,45 @@ def test_event_type_and_message_id_helpers() -> None:
     for junk in (None, "x", {}, {"header": 3}, {"event": {"message": []}}):
         assert event_type(junk) is None
         assert event_message_id(junk) is None
+
+
+# -- #10: valid JSON of an unexpected shape raises MalformedEvent (bounded) or parses cleanly ------
+
+
+def _with(field: str, value: Any, content: Any = None) -> dict[str, Any]:
+    env = envelope(content if content is not None else {"text": "hi"})
+    env["event"]["message"][field] = value
+    return env
+
+
+@pytest.mark.parametrize(
+    ("env", "reason"),
+    [
+        (_with("create_time", 10**30), "out of range"),
+        (_with("create_time", -1), "out of range"),
+        (_with("create_time", "9" * 5000), "out of range"),
+        (_with("create_time", "x" * 100_000), "not an integer"),
+        (_with("create_time", "²"), "not an integer"),
+        (_with("message_id", "om\udc00"), "not valid Unicode"),
+        (_with("thread_id", "t\ud800"), "not valid Unicode"),
+        (_with("chat_id", ["x"] * 100_000), "a list"),
+        (_with("chat_id", 10**5000), "an int"),
+        (_with("content", "[" * 100_000 + "]" * 100_000), "RecursionError"),
+        (_with("content", '{"text": "' + "x" * 100_000), "not JSON"),
+    ],
+)
+def test_unexpected_shape_inbound(env: dict[str, Any], reason: str) -> None:
+    with pytest.raises(MalformedEvent) as info:
+        parse_message_event(env, BOT)
+    assert reason in info.value.reason
+    assert len(info.value.reason) <= 300 and len(str(info.value)) <= 300
+
+
+def test_unexpected_shape_inbound_lone_surrogate_in_text() -> None:
+    """JSON may escape a lone surrogate; the prompt goes to SQLite and the CLI's stdin."""
+    msg = parse_message_event(envelope({"text": "a\ud800b \udfff"}), BOT)
+    assert msg.text == "a\ufffdb \ufffd"
+    msg.text.encode()
+    post = {"title": "t\ud800", "content": [[{"tag": "text", "text": "x\udc00"}]]}
+    msg = parse_message_event(envelope(post, msg_type="post"), BOT)
+    assert msg.text == "t\ufffd\nx\ufffd"
