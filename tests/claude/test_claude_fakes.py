@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -16,8 +16,7 @@ import pytest
 
 from tests.fakes.claude_env import FAKE_CLAUDE_BIN, QUIET_ENV, claude_env
 from tests.fakes.fake_anthropic import ApiError, FakeAnthropic, Hang, Reply, ToolUse
-from tests.fakes.fake_claude_log import FakeClaudeLog
-from tests.fakes.stream_cli import StreamCli
+from tests.fakes.stream_cli import FakeWorld, StreamCli
 
 
 def sse_events(raw: str) -> list[tuple[str, dict]]:
@@ -207,45 +206,14 @@ def test_fake_claude_signals_like_the_real_cli(tmp_path: Path, sig: str, code: i
 
 # --------------------------------------------------------------------------- stream-json input
 @pytest.fixture
-def world(tmp_path: Path) -> dict[str, Path]:
-    for name in ("home", "cwd", "tmp"):
-        (tmp_path / name).mkdir()
-    return {
-        "home": tmp_path / "home",
-        "cwd": tmp_path / "cwd",
-        "tmp": tmp_path / "tmp",
-        "log": tmp_path / "fake.log",
-    }
+async def world(tmp_path: Path) -> AsyncIterator[FakeWorld]:
+    made = FakeWorld(tmp_path)
+    yield made
+    await made.aclose()
 
 
-@pytest.fixture
-async def fake_cli(world: dict[str, Path]) -> AsyncIterator[Callable[..., Awaitable[StreamCli]]]:
-    """Start the fake in stream-json mode: ``await fake_cli("--resume", sid, MODE="slow")``."""
-    started: list[StreamCli] = []
-
-    async def start(*args: str, partial: bool = False, stdio: bool = True, **env: str) -> StreamCli:
-        full = {
-            **os.environ,
-            "HOME": str(world["home"]),
-            "CLAUDE_CODE_TMPDIR": str(world["tmp"]),
-            "FAKE_CLAUDE_LOG": str(world["log"]),
-            "FAKE_CLAUDE_STATE": str(world["home"] / "state"),
-            **{f"FAKE_CLAUDE_{k}": v for k, v in env.items()},
-        }
-        cli = await StreamCli.start(
-            FAKE_CLAUDE_BIN, *args, cwd=world["cwd"], env=full, partial=partial, stdio=stdio
-        )
-        started.append(cli)
-        return cli
-
-    yield start
-    for cli in started:
-        cli.kill()
-        await cli.proc.wait()
-
-
-async def test_stream_turns_share_one_process(fake_cli, world) -> None:
-    cli = await fake_cli(MODE="history")
+async def test_stream_turns_share_one_process(world: FakeWorld) -> None:
+    cli = await world.start(MODE="history")
     # Nothing is printed before the first stdin line: the first line is this answer.
     init_id = await cli.control("initialize")
     first = await cli.until(lambda o: True)
@@ -268,7 +236,7 @@ async def test_stream_turns_share_one_process(fake_cli, world) -> None:
     assert len(inits) == 2 and all(o["session_id"] == one["session_id"] for o in inits)
     assert all(o.get("uuid") for o in cli.lines if o["type"] == "assistant")
     assert await cli.close() == 0
-    log = FakeClaudeLog(world["log"])
+    log = world.log
     assert log.turns_per_process() == {cli.pid: 2}
     assert [r["turn"] for r in log.turn_ends()] == [1, 2]
     assert [r["subtype"] for r in log.controls()] == ["initialize", "no_such_thing"]
@@ -276,8 +244,8 @@ async def test_stream_turns_share_one_process(fake_cli, world) -> None:
     assert log.starts("two")[0]["prompt_head"] == "one"
 
 
-async def test_interrupt_mid_stream_then_next_turn(fake_cli, world) -> None:
-    cli = await fake_cli(partial=True, MODE="slow", DELAY="0.5")
+async def test_interrupt_mid_stream_then_next_turn(world: FakeWorld) -> None:
+    cli = await world.start(partial=True, MODE="slow", DELAY="0.5")
     await cli.user("a slow answer that streams in five parts")
     await cli.until(lambda o: o.get("event", {}).get("type") == "content_block_delta")
     request_id = await cli.control("interrupt")
@@ -301,7 +269,7 @@ async def test_interrupt_mid_stream_then_next_turn(fake_cli, world) -> None:
     after = await cli.turn("[[fake:echo]] next")
     assert after["result"] == "echo: [[fake:echo]] next"
     assert await cli.close() == 0
-    assert FakeClaudeLog(world["log"]).turns_per_process() == {cli.pid: 2}
+    assert world.log.turns_per_process() == {cli.pid: 2}
 
 
 async def perm_request(cli: StreamCli) -> dict:
@@ -310,8 +278,8 @@ async def perm_request(cli: StreamCli) -> dict:
     )
 
 
-async def test_perm_allow_runs_the_command(fake_cli, world) -> None:
-    cli = await fake_cli(MODE="perm")
+async def test_perm_allow_runs_the_command(world: FakeWorld) -> None:
+    cli = await world.start(MODE="perm")
     await cli.user("make the file")
     req = await perm_request(cli)
     tool_use = [o for o in cli.lines if o["type"] == "assistant"][-1]["message"]["content"][0]
@@ -319,26 +287,26 @@ async def test_perm_allow_runs_the_command(fake_cli, world) -> None:
     assert uuid.UUID(req["request_id"])
     assert body["tool_name"] == "Bash" and body["display_name"] == "Bash"
     assert body["input"] == {"command": "touch made_by_tool.txt", "description": "Create a file"}
-    assert body["blocked_path"] == str(world["cwd"] / "made_by_tool.txt")
+    assert body["blocked_path"] == str(world.cwd / "made_by_tool.txt")
     assert body["tool_use_id"] == tool_use["id"] and tool_use["name"] == "Bash"
     assert [s["type"] for s in body["permission_suggestions"]] == [
         "addRules",
         "addDirectories",
         "setMode",
     ]
-    assert not (world["cwd"] / "made_by_tool.txt").exists()
+    assert not (world.cwd / "made_by_tool.txt").exists()
     await cli.respond(req, {"behavior": "allow", "updatedInput": body["input"]})
     result = await cli.result()
     assert result["result"] == "done after tool" and result["is_error"] is False
     tool_result = [o for o in cli.lines if o["type"] == "user"][-1]["message"]["content"][0]
     assert tool_result["tool_use_id"] == tool_use["id"] and tool_result["is_error"] is False
-    assert (world["cwd"] / "made_by_tool.txt").exists()
+    assert (world.cwd / "made_by_tool.txt").exists()
     assert await cli.close() == 0
-    assert [r["behavior"] for r in FakeClaudeLog(world["log"]).controls()] == ["allow"]
+    assert [r["behavior"] for r in world.log.controls()] == ["allow"]
 
 
-async def test_perm_deny_and_deny_with_interrupt(fake_cli, world) -> None:
-    cli = await fake_cli(MODE="perm")
+async def test_perm_deny_and_deny_with_interrupt(world: FakeWorld) -> None:
+    cli = await world.start(MODE="perm")
     await cli.user("make the file")
     req = await perm_request(cli)
     await cli.respond(req, {"behavior": "deny", "message": "The chat user denied this."})
@@ -354,15 +322,15 @@ async def test_perm_deny_and_deny_with_interrupt(fake_cli, world) -> None:
         "error_during_execution",
         "aborted_tools",
     )
-    assert not (world["cwd"] / "made_by_tool.txt").exists()
+    assert not (world.cwd / "made_by_tool.txt").exists()
     assert (await cli.turn("[[fake:echo]] still here"))[
         "result"
     ] == "echo: [[fake:echo]] still here"
     await cli.close()
 
 
-async def test_interrupt_while_permission_is_pending(fake_cli, world) -> None:
-    cli = await fake_cli(MODE="perm")
+async def test_interrupt_while_permission_is_pending(world: FakeWorld) -> None:
+    cli = await world.start(MODE="perm")
     await cli.user("make the file")
     req = await perm_request(cli)
     request_id = await cli.control("interrupt")
@@ -375,31 +343,31 @@ async def test_interrupt_while_permission_is_pending(fake_cli, world) -> None:
     # A late answer to the cancelled request is ignored; the process takes the next turn.
     await cli.respond(req, {"behavior": "allow", "updatedInput": req["request"]["input"]})
     assert (await cli.turn("[[fake:echo]] next"))["result"] == "echo: [[fake:echo]] next"
-    assert not (world["cwd"] / "made_by_tool.txt").exists()
+    assert not (world.cwd / "made_by_tool.txt").exists()
     await cli.close()
 
 
-async def test_interrupt_while_the_allowed_command_runs(fake_cli, world) -> None:
-    cli = await fake_cli(MODE="perm", PERM_COMMAND="touch started.txt; sleep 30; touch done.txt")
+async def test_interrupt_while_the_allowed_command_runs(world: FakeWorld) -> None:
+    cli = await world.start(MODE="perm", PERM_COMMAND="touch started.txt; sleep 30; touch done.txt")
     await cli.user("long job")
     req = await perm_request(cli)
     await cli.respond(req, {"behavior": "allow", "updatedInput": req["request"]["input"]})
-    log = FakeClaudeLog(world["log"])
+    log = world.log
     tool = await log.wait_for(lambda recs: [r for r in recs if r["event"] == "tool"])
     await cli.control("interrupt")
     result = await cli.result()
     assert result["terminal_reason"] == "aborted_tools"
     rejected = [o for o in cli.lines if o["type"] == "user"][-2]["message"]["content"][0]
     assert "stopped while running" in rejected["content"]
-    assert (world["cwd"] / "started.txt").exists() and not (world["cwd"] / "done.txt").exists()
+    assert (world.cwd / "started.txt").exists() and not (world.cwd / "done.txt").exists()
     assert not psutil.pid_exists(tool[0]["tool_pid"]) or (
         psutil.Process(tool[0]["tool_pid"]).status() == psutil.STATUS_ZOMBIE
     )
     await cli.close()
 
 
-async def test_ask_user_question(fake_cli) -> None:
-    cli = await fake_cli(MODE="ask")
+async def test_ask_user_question(world: FakeWorld) -> None:
+    cli = await world.start(MODE="ask")
     await cli.user("which colour?")
     req = await perm_request(cli)
     body = req["request"]
@@ -415,34 +383,34 @@ async def test_ask_user_question(fake_cli) -> None:
     await cli.close()
 
 
-async def test_crash_mid_turn_and_die_between_turns(fake_cli, world) -> None:
-    crash = await fake_cli(MODE="crash_mid_turn")
+async def test_crash_mid_turn_and_die_between_turns(world: FakeWorld) -> None:
+    crash = await world.start(MODE="crash_mid_turn")
     await crash.user("boom")
     lines = await crash.rest()
     assert lines[0]["subtype"] == "init" and all(o["type"] != "result" for o in lines)
     assert await crash.close() == 1
-    dies = await fake_cli(MODE="die_between_turns")
+    dies = await world.start(MODE="die_between_turns")
     assert (await dies.turn("fine"))["result"] == "echo: fine"
     async with asyncio.timeout(10):
         assert await dies.proc.wait() == 1  # by itself, stdin still open
-    log = FakeClaudeLog(world["log"])
+    log = world.log
     exits = {r["pid"]: r for r in log.records("exit")}
     assert exits[crash.pid]["code"] == 1 and exits[dies.pid]["reason"] == "died between turns"
     assert [r["pid"] for r in log.turn_ends()] == [dies.pid]
 
 
-async def test_non_json_line_exits_1_and_eof_exits_0(fake_cli, world) -> None:
-    bad = await fake_cli()
+async def test_non_json_line_exits_1_and_eof_exits_0(world: FakeWorld) -> None:
+    bad = await world.start()
     await bad.send("this is not json")
     assert await bad.close() == 1
     assert "Error parsing streaming input line" in await bad.stderr()
-    idle = await fake_cli()
+    idle = await world.start()
     assert await idle.close(timeout=5) == 0
-    errored = await fake_cli(MODE="api_error")
+    errored = await world.start(MODE="api_error")
     result = await errored.turn("x")
     assert result["is_error"] is True and result["api_error_status"] == 529
     assert await errored.close() == 1  # measured: EOF after an error result exits 1
-    log = FakeClaudeLog(world["log"])
+    log = world.log
     assert log.max_overlap() >= 1 and log.live_now() == []
     assert {r["pid"]: r["code"] for r in log.records("exit")} == {
         bad.pid: 1,

@@ -13,6 +13,7 @@ import os
 import queue
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,12 +53,17 @@ class Channel:
     def end_turn(self) -> None:
         self.turn_active = False
 
-    def request(self, subtype: str, **fields: Any) -> dict[str, Any] | None:
+    def request(
+        self, subtype: str, *, timeout: float | None = None, **fields: Any
+    ) -> dict[str, Any] | None:
         """Send a control_request and wait for its response (``None`` when interrupted).
 
         The response is the ``response`` object of the control_response: ``{"subtype":
-        "success", "response": {...}}`` or ``{"subtype": "error", "error": "..."}``.
+        "success", "response": {...}}`` or ``{"subtype": "error", "error": "..."}``. Without
+        ``timeout`` it waits for ever, like the real CLI does for ``can_use_tool``; after
+        ``timeout`` seconds it returns an error response of its own.
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
         request_id = new_uuid()
         pending = _Pending(subtype)
         with self._lock:
@@ -76,6 +82,9 @@ class Channel:
             while not pending.done.wait(0.01):
                 if self.interrupt.is_set() and not self.deaf:
                     return None
+                if deadline is not None and time.monotonic() > deadline:
+                    log("control_timeout", subtype=subtype, request_id=request_id)
+                    return {"subtype": "error", "error": "timed out"}
         finally:
             with self._lock:
                 self._pending.pop(request_id, None)

@@ -319,25 +319,37 @@ def edit(turn: Turn) -> None:
 
 # --------------------------------------------------------------------------- MCP start-up
 def mcp_connect(proc: Process, configs: list[str]) -> None:
-    """What the real CLI does with SDK MCP servers before its first turn."""
+    """What the real CLI does with SDK MCP servers at start-up, before reading any input.
+
+    ``initialize`` then ``notifications/initialized`` (which must be acknowledged too), each
+    waited for ``FAKE_CLAUDE_MCP_TIMEOUT`` s (default 30, as measured); after an error or a
+    timeout the whole handshake is tried once more, then the server is "failed". Then
+    ``tools/list``.
+    """
+    timeout = float(os.environ.get("FAKE_CLAUDE_MCP_TIMEOUT", "30"))
     for name in sdk_servers(configs):
         connected = False
-        for _ in range(2):  # measured: one retry after an error, then "failed"
-            answer = proc.channel.request(
-                "mcp_message",
-                server_name=name,
-                message={
-                    "method": "initialize",
-                    "params": {
-                        "protocolVersion": "2025-11-25",
-                        "capabilities": {},
-                        "clientInfo": {"name": "claude-code", "version": VERSION},
-                    },
-                    "jsonrpc": "2.0",
-                    "id": proc.next_rpc_id(),
+        for _ in range(2):
+            init = {
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-11-25",
+                    "capabilities": {},
+                    "clientInfo": {"name": "claude-code", "version": VERSION},
                 },
+                "jsonrpc": "2.0",
+                "id": proc.next_rpc_id(),
+            }
+            answer = proc.channel.request(
+                "mcp_message", timeout=timeout, server_name=name, message=init
             )
-            if _rpc_result(answer) is not None:
+            if _rpc_result(answer) is None:
+                continue
+            note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+            answer = proc.channel.request(
+                "mcp_message", timeout=timeout, server_name=name, message=note
+            )
+            if answer is not None and answer.get("subtype") == "success":
                 connected = True
                 break
         proc.mcp_status.append(
@@ -347,14 +359,10 @@ def mcp_connect(proc: Process, configs: list[str]) -> None:
         if not connected:
             continue
         proc.mcp_servers.append(name)
-        proc.channel.request(
-            "mcp_message",
-            server_name=name,
-            message={"jsonrpc": "2.0", "method": "notifications/initialized"},
-        )
         listed = _rpc_result(
             proc.channel.request(
                 "mcp_message",
+                timeout=timeout,
                 server_name=name,
                 message={"method": "tools/list", "jsonrpc": "2.0", "id": proc.next_rpc_id()},
             )

@@ -9,6 +9,7 @@
     rc = await cli.close()                               # close stdin, wait for the exit
 
 Every line read is kept in ``lines``; ``until`` returns the first new line matching.
+``FakeWorld`` sets up HOME, cwd, temp dir and log for ``fake_claude.py`` and starts it.
 """
 
 from __future__ import annotations
@@ -17,10 +18,14 @@ import asyncio
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["StreamCli", "user_message"]
+from tests.fakes.claude_env import FAKE_CLAUDE_BIN
+from tests.fakes.fake_claude_log import FakeClaudeLog
+
+__all__ = ["FakeWorld", "StreamCli", "user_message"]
 
 Line = dict[str, Any]
 
@@ -147,3 +152,56 @@ class StreamCli:
     def kill(self) -> None:
         if self.proc.returncode is None:
             self.proc.kill()
+
+
+@dataclass
+class FakeWorld:
+    """A throwaway HOME, cwd, temp dir and FAKE_CLAUDE_LOG for ``fake_claude.py`` runs."""
+
+    root: Path
+    started: list[StreamCli] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for path in (self.home, self.cwd, self.tmp):
+            path.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def home(self) -> Path:
+        return self.root / "home"
+
+    @property
+    def cwd(self) -> Path:
+        return self.root / "cwd"
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def log(self) -> FakeClaudeLog:
+        return FakeClaudeLog(self.root / "fake_claude.log")
+
+    def env(self, **fake: str) -> dict[str, str]:
+        """``os.environ`` plus the world; ``MODE="slow"`` sets ``FAKE_CLAUDE_MODE`` etc."""
+        return {
+            **os.environ,
+            "HOME": str(self.home),
+            "CLAUDE_CODE_TMPDIR": str(self.tmp),
+            "FAKE_CLAUDE_LOG": str(self.root / "fake_claude.log"),
+            "FAKE_CLAUDE_STATE": str(self.root / "fake_claude.state"),
+            **{f"FAKE_CLAUDE_{key}": value for key, value in fake.items()},
+        }
+
+    async def start(
+        self, *args: str, partial: bool = False, stdio: bool = True, **fake: str
+    ) -> StreamCli:
+        cli = await StreamCli.start(
+            FAKE_CLAUDE_BIN, *args, cwd=self.cwd, env=self.env(**fake), partial=partial, stdio=stdio
+        )
+        self.started.append(cli)
+        return cli
+
+    async def aclose(self) -> None:
+        for cli in self.started:
+            cli.kill()
+            await cli.proc.wait()
