@@ -1,4 +1,4 @@
-"""The fake ``claude`` in stream-json mode: sessions, retries, images, MCP, its log helpers.
+"""The fake ``claude`` in stream-json mode: sessions, retries, images, MCP, edge cases, log.
 
 What the fake does here was measured on the real CLI 2.1.329 (see the fake's docstring and
 FACTS "Warm sessions and the control protocol"); other suites rely on it.
@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.fakes.claude_env import FAKE_CLAUDE_BIN
@@ -274,3 +275,33 @@ def test_log_helpers_count_processes_and_turns(tmp_path: Path) -> None:
     assert [r["run"] for r in log.starts("gamma")] == ["a"]
     assert log.starts("gamma")[0]["prompt_head"] == "alpha"
     assert log.live_now() == [ord("c")]
+
+
+async def test_interrupt_kills_the_children_of_the_turn(world: FakeWorld) -> None:
+    cli = await world.start(MODE="spawn_child")
+    await cli.user("start a job")
+    (child,) = await world.log.wait_for(lambda recs: [r for r in recs if r["event"] == "child"])
+    pids = [child["child_pid"], child["grandchild_pid"]]
+    assert all(psutil.pid_exists(pid) for pid in pids)
+    await cli.control("interrupt")
+    result = await cli.result()
+    assert result["terminal_reason"] == "aborted_streaming"
+    assert not any(psutil.pid_exists(pid) for pid in pids)  # killed and reaped by the fake
+    assert (await cli.turn("[[fake:echo]] after"))["result"] == "echo: [[fake:echo]] after"
+    await cli.close()
+
+
+async def test_stdin_closed_while_permission_pending(world: FakeWorld) -> None:
+    cli = await world.start(MODE="perm")
+    await cli.user("go")
+    await cli.until(lambda o: o["type"] == "control_request")
+    assert cli.proc.stdin is not None
+    cli.proc.stdin.close()
+    result = await cli.result()
+    # Measured: the turn goes on with a failed permission and the process exits 0.
+    assert result["result"] == (
+        "tool denied: Tool permission request failed: AbortError: "
+        "Tool permission stream closed before response received"
+    )
+    assert await cli.close() == 0
+    assert not (world.cwd / "made_by_tool.txt").exists()

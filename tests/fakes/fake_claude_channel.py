@@ -19,7 +19,8 @@ from typing import Any
 
 from fake_claude_wire import VERSION, emit, finish, log, new_uuid
 
-_SUPPORTED_NOOPS = {"set_permission_mode", "set_model", "set_max_thinking_tokens"}
+# What a request still waiting when stdin closes gets (the real CLI then goes on with the turn).
+STREAM_CLOSED = {"subtype": "error", "error": "stream closed", "closed": True}
 
 
 @dataclass
@@ -69,7 +70,7 @@ class Channel:
         with self._lock:
             self._pending[request_id] = pending
             if self.closed:
-                pending.response = {"subtype": "error", "error": "stdin closed"}
+                pending.response = dict(STREAM_CLOSED)
                 pending.done.set()
         emit(
             {
@@ -121,7 +122,7 @@ class Channel:
         with self._lock:
             self.closed = True
             for pending in self._pending.values():
-                pending.response = {"subtype": "error", "error": "stdin closed"}
+                pending.response = dict(STREAM_CLOSED)
                 pending.done.set()
         self.inbox.put(None)
 
@@ -142,10 +143,11 @@ class Channel:
                 self.interrupt.set()
         elif subtype == "initialize":
             self._answer(request_id, _initialize_response(self.permission_mode))
-        elif subtype in _SUPPORTED_NOOPS:
-            if subtype == "set_permission_mode" and isinstance(request.get("mode"), str):
-                self.permission_mode = request["mode"]
-            self._answer(request_id, {})
+        elif subtype == "set_permission_mode" and isinstance(request.get("mode"), str):
+            self.permission_mode = request["mode"]
+            self._answer(request_id, {"mode": request["mode"]})
+        elif subtype == "set_model":
+            self._answer(request_id, {"model": request.get("model")})
         else:
             emit(
                 {

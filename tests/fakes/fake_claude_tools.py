@@ -98,6 +98,12 @@ def permit(turn: Turn, request: dict[str, Any], *, always_ask: bool = False) -> 
     if answer is None:
         turn.denials.append(denial)
         raise Aborted()
+    if answer.get("closed"):
+        turn.denials.append(denial)
+        raise Denied(
+            "Tool permission request failed: AbortError: "
+            "Tool permission stream closed before response received"
+        )
     if answer.get("subtype") != "success":
         turn.denials.append(denial)
         raise Denied(f"Tool permission request failed: Error: {answer.get('error')}")

@@ -84,15 +84,14 @@ class Process:
         return base + self.mcp_tools
 
 
-def spawn_sleeper(new_session: bool) -> int:
-    proc = subprocess.Popen(
+def spawn_sleeper(new_session: bool) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
         [sys.executable, "-c", "import time\nwhile True: time.sleep(60)"],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=new_session,
     )
-    return proc.pid
 
 
 class Turn:
@@ -271,10 +270,10 @@ class Turn:
     def _hang(self, mode: str) -> None:
         if mode == "hang_ignore_term":
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        children: list[subprocess.Popen[bytes]] = []
         if mode == "spawn_child":
-            grandchild = spawn_sleeper(new_session=True)
-            child = spawn_sleeper(new_session=False)
-            log("child", child_pid=child, grandchild_pid=grandchild)
+            children = [spawn_sleeper(new_session=True), spawn_sleeper(new_session=False)]
+            log("child", child_pid=children[1].pid, grandchild_pid=children[0].pid)
         if self.proc.partial:
             partial_text_start(self.sid, "working")
         else:
@@ -285,7 +284,17 @@ class Turn:
             self.proc.channel.deaf = True
             while True:
                 time.sleep(3600)
-        self._wait_forever()
+        try:
+            self._wait_forever()
+        except Aborted:
+            # The real CLI kills a running tool's processes when the turn is interrupted; only
+            # a kill of the CLI itself leaves them to the caller.
+            for child in children:
+                child.kill()
+                child.wait()
+            if children:
+                log("children_killed", pids=[c.pid for c in children])
+            raise
 
     def _api_error(self) -> dict[str, Any]:
         emit(
