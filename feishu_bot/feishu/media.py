@@ -204,13 +204,14 @@ class MediaClient:
             async with replier.http_session().get(
                 url,
                 params={"type": kind},
-                headers={"Authorization": f"Bearer {token}"},
+                # identity: the declared length is then the size of the file itself
+                headers={"Authorization": f"Bearer {token}", "Accept-Encoding": "identity"},
                 timeout=self._timeout,
             ) as resp:
                 if resp.status != 200:
                     raw = await resp.content.read(_ERROR_BODY_LIMIT)
                     self._raise_for(resp, raw, token, label)
-                declared = resp.content_length
+                declared = None if resp.headers.get("Content-Encoding") else resp.content_length
                 if declared is not None and declared > limit:
                     raise _too_large(label, limit, size=declared)
                 total = 0
