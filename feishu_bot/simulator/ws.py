@@ -264,6 +264,37 @@ class WsHub:
         await self.records.changed()
         return delivery
 
+    async def push_raw(self, payload: bytes, fragments: int = 1) -> Delivery:
+        """Send `payload` as an event data frame whatever it holds (fuzzing: truncated JSON,
+        JSON that is no envelope, bytes that are not UTF-8). Needs a live connection; the
+        Delivery has an empty envelope and a made-up event_id, and cannot be redelivered."""
+        conn = self._target()
+        if conn is None:
+            raise RuntimeError("push_raw needs a live connection")
+        delivery = Delivery(
+            event_id=new_id("sim_raw_", 8),
+            frame_message_id=new_id("sim_frame_", 8),
+            envelope={},
+            fragments=max(1, fragments),
+            conn_id=conn.conn_id,
+        )
+        self._by_frame[delivery.frame_message_id] = delivery
+        self.records.deliveries.append(delivery)
+        frames = event_frames(
+            payload,
+            service=conn.record.service_id,
+            frame_message_id=delivery.frame_message_id,
+            trace_id=new_id(nbytes=8),
+            seq_id=self._next_seq(delivery.fragments),
+            fragments=delivery.fragments,
+        )
+        for i, frame in enumerate(frames):
+            if i == len(frames) - 1:
+                delivery.sent_at = time.monotonic()  # before the write, as in `_send`
+            await conn.send(encode_frame(frame))
+        await self.records.changed()
+        return delivery
+
     async def _flush_pending(self, conn: _Conn) -> None:
         pending, self._pending = self._pending, []
         for delivery in pending:
