@@ -18,7 +18,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.fakes.claude_env import FAKE_CLAUDE_BIN
+from tests.fakes.claude_env import FAKE_CLAUDE_BIN, REAL_CLAUDE_BIN, claude_env
+from tests.fakes.fake_anthropic import FakeAnthropic, Reply, ToolUse
 from tests.fakes.fake_claude_log import FakeClaudeLog
 from tests.fakes.stream_cli import FakeWorld, StreamCli
 
@@ -305,3 +306,73 @@ async def test_stdin_closed_while_permission_pending(world: FakeWorld) -> None:
     )
     assert await cli.close() == 0
     assert not (world.cwd / "made_by_tool.txt").exists()
+
+
+async def parity_run(cli: StreamCli, cwd: Path) -> dict[str, object]:
+    """One scenario, the same for the real CLI and the fake; returns what must match."""
+    seen: dict[str, object] = {}
+    init_id = await cli.control("initialize")
+    ack = await cli.until(lambda o: o["type"] == "control_response")
+    seen["initialize"] = (ack["response"]["subtype"], ack["response"]["request_id"] == init_id)
+    first = await cli.turn("hello")
+    seen["first"] = (first["subtype"], first["is_error"], first["result"])
+    await cli.user("[[fake:perm]] make it")
+    req = await cli.until(lambda o: o["type"] == "control_request")
+    body = req["request"]
+    seen["can_use_tool"] = (
+        sorted(body),
+        body["input"],
+        body["blocked_path"] == str(cwd / "made_by_tool.txt"),
+    )
+    await cli.respond(req, {"behavior": "deny", "message": "The chat user denied this."})
+    denied = await cli.result()
+    seen["denied"] = (
+        denied["subtype"],
+        "The chat user denied this." in denied["result"],
+        [d["tool_name"] for d in denied["permission_denials"]],
+        (cwd / "made_by_tool.txt").exists(),
+    )
+    await cli.user("[[fake:slow]] go slowly")
+    await cli.until(lambda o: o.get("event", {}).get("type") == "content_block_delta")
+    await cli.control("interrupt")
+    ack = await cli.until(lambda o: o["type"] == "control_response")
+    stopped = await cli.result()
+    seen["interrupt"] = (
+        ack["response"]["response"],
+        stopped["subtype"],
+        stopped["is_error"],
+        stopped["terminal_reason"],
+        "result" in stopped,
+    )
+    after = await cli.turn("[[fake:echo]] after")
+    seen["after"] = after["result"]
+    seen["sessions"] = len({o["session_id"] for o in cli.lines if "session_id" in o})
+    seen["inits"] = sum(o.get("subtype") == "init" for o in cli.lines)
+    seen["uuids"] = all(o.get("uuid") for o in cli.lines if o["type"] == "assistant")
+    seen["exit"] = await cli.close()
+    return seen
+
+
+async def test_fake_matches_the_real_cli(world: FakeWorld, tmp_path: Path) -> None:
+    """Drift check: one scenario against the pinned CLI (on the fake API) and the fake."""
+    real_cwd = tmp_path / "real_cwd"
+    real_cwd.mkdir()
+    async with FakeAnthropic() as api:
+        api.enqueue(
+            Reply(),
+            ToolUse("Bash", {"command": "touch made_by_tool.txt", "description": "Create a file"}),
+            Reply(),
+            Reply(" ".join(f"w{i}" for i in range(20)), chunks=20, chunk_delay=0.2),
+        )
+        real = await StreamCli.start(
+            REAL_CLAUDE_BIN,
+            cwd=real_cwd,
+            env=claude_env(api.base_url, tmp_path / "real_home"),
+            partial=True,
+        )
+        try:
+            expected = await parity_run(real, real_cwd)
+        finally:
+            real.kill()
+    fake = await world.start(partial=True, DELAY="0.2")
+    assert await parity_run(fake, world.cwd) == expected

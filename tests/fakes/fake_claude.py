@@ -102,6 +102,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from typing import Any
 
 import fake_claude_tools as tools
@@ -409,10 +410,15 @@ def main() -> None:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_int)
     opts = parse_args(sys.argv[1:])
-    if opts.get("input-format") == "stream-json":
-        run_stream(opts)
-    else:
-        run_oneshot(opts)
+    try:
+        if opts.get("input-format") == "stream-json":
+            run_stream(opts)
+        else:
+            run_oneshot(opts)
+    except Exception:
+        # A bug in the fake: say so loudly, and still log the exit.
+        traceback.print_exc()
+        finish(1, reason="fake_claude bug")
 
 
 if __name__ == "__main__":

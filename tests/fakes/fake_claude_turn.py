@@ -163,7 +163,10 @@ class Turn:
     def _run(self) -> dict[str, Any]:
         mode = self.mode
         if mode == "hang_before_init":
-            self._wait_forever()
+            try:
+                self._wait_forever()
+            except Aborted as exc:
+                return self._aborted(exc)
         emit(
             init_line(
                 self.sid,
