@@ -30,6 +30,7 @@ import psutil
 from benchmarks._common import BotProcess, SamplerStats, machine_info, percentile
 from benchmarks.launcher_overhead import direct_turn
 from benchmarks.store_bench import seed_conversations, time_checks, time_wipe
+from benchmarks.stream_bench import stream_cost
 from database import SessionStore
 from feishu_bot.simulator import FeishuSimulator
 from feishu_bot.simulator.records import AckRecord, Delivery, SentMessage
@@ -125,6 +126,20 @@ async def bench_store(report: Report, conversations: int, checks: int, tmp: Path
     report.add(
         "store: accept_message/s (dedupe + journal insert, sequential)",
         f"{results['accept_message, new id, sequential']:,.0f} per s",
+    )
+
+
+# -- streaming ------------------------------------------------------------------------------
+
+
+def bench_streaming(report: Report) -> None:
+    """Parser + live card per text delta (stream_bench.py): linear means 4x deltas, ~4x CPU."""
+    small, large = stream_cost(4000), stream_cost(16000)
+    report.add(
+        "streaming: 16k text deltas (400k chars) through parser + card, CPU (best of 3)",
+        f"{ms(large)} (4k deltas: {ms(small)}; ratio {large / small:.1f})",
+        "ratio ≤ 5 (linear)",
+        large / small <= 5,
     )
 
 
@@ -632,7 +647,7 @@ def print_table(report: Report, header: str, elapsed: float) -> None:
     print(f"\n(total benchmark time {elapsed:.0f} s)")
 
 
-SECTIONS = ("store", "imports", "overhead", "makespan", "acks")
+SECTIONS = ("store", "imports", "streaming", "overhead", "makespan", "acks")
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -664,6 +679,9 @@ async def main(args: argparse.Namespace) -> None:
         if "imports" in sections:
             print("running: imports", file=sys.stderr, flush=True)
             await bench_imports(report)
+        if "streaming" in sections:
+            print("running: streaming", file=sys.stderr, flush=True)
+            await asyncio.to_thread(bench_streaming, report)  # it runs its own event loops
         if sections & {"overhead", "makespan", "acks"}:
             print("running: bot", file=sys.stderr, flush=True)
             (tmp / "bot").mkdir()
