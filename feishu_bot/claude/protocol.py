@@ -115,6 +115,13 @@ def _clean(text: str) -> str:
     return _SURROGATE.sub("\ufffd", text)
 
 
+def _session_id(value: Any) -> str | None:
+    """A session id the CLI can be given back (`--resume`): a non-empty encodable string."""
+    if isinstance(value, str) and value and not _SURROGATE.search(value):
+        return value
+    return None
+
+
 def _str(value: Any) -> str:
     """A JSON string (cleaned); "" for anything else (never the repr of a structure)."""
     return _clean(value) if isinstance(value, str) else ""
@@ -170,13 +177,12 @@ def parse_result(obj: Any) -> ResultInfo:
         elif isinstance(item, str):
             denials.append(_clean(item))
     status = _as_int(obj.get("api_error_status"), -1)
-    session_id = obj.get("session_id")
     return ResultInfo(
         text=_str(obj.get("result")),
-        is_error=obj.get("is_error") is True,
+        is_error=bool(obj.get("is_error")),  # an unclear value is not a success
         subtype=_scalar(obj.get("subtype")),
         errors=_error_strings(obj.get("errors")),
-        session_id=session_id if isinstance(session_id, str) and session_id else None,
+        session_id=_session_id(obj.get("session_id")),
         cost_usd=_as_float(obj.get("total_cost_usd")),
         duration_ms=_as_int(obj.get("duration_ms")),
         num_turns=_as_int(obj.get("num_turns")),
@@ -243,7 +249,7 @@ class StreamParser:
             self.bad_lines += 1
             return []
         kind = obj.get("type")
-        sid = obj.get("session_id") if isinstance(obj.get("session_id"), str) else None
+        sid = _session_id(obj.get("session_id"))
         if kind == "system":
             return self._system(obj, sid)
         if kind == "stream_event":

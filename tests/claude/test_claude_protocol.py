@@ -262,6 +262,7 @@ UNEXPECTED_SHAPES = [
     {"type": "assistant", "message": {"content": [{"type": "tool_use", "id": {}, "name": []}]}},
     {"type": "system", "subtype": "api_retry", "attempt": [[[]]], "error": {"a": 1}},
     {"type": "system", "subtype": "init", "session_id": 42},
+    {"type": "system", "subtype": "init", "session_id": "s\ud800"},
     {"type": ["result"]},
     {"type": "result", "errors": 3, "permission_denials": 1, "total_cost_usd": "x"},
     {"type": "result", "errors": {"a": 1}, "permission_denials": {"b": 2}, "session_id": [1]},

@@ -191,6 +191,8 @@ def _check_parser(parser: StreamParser, events: list[Any]) -> None:
     assert isinstance(parser.text, str)
     parser.text.encode()
     assert parser.session_id is None or isinstance(parser.session_id, str)
+    if parser.session_id is not None:
+        parser.session_id.encode()  # it goes back to the CLI as --resume
     if parser.result is not None:
         _check_result(parser.result)
 
