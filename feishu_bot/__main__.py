@@ -1,4 +1,4 @@
-"""Entry point: `feishu-bot [run|check]`, `feishu-bot --version`, `python -m feishu_bot`.
+"""Entry point: `feishu-bot [run|check|playground]`, `feishu-bot --version`, `python -m …`.
 
 Exit codes: 0 clean stop, 1 runtime failure, 2 bad configuration or environment.
 """
@@ -31,8 +31,41 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("run", help="run the bot in the foreground (default)")
-    sub.add_parser("check", help="validate configuration and environment, print it masked")
+    check = sub.add_parser("check", help="validate configuration and environment, print it masked")
+    check.add_argument(
+        "--online",
+        action="store_true",
+        help="also ask Feishu: credentials, bot capability, long connection (exit 1 if not ok)",
+    )
+    _playground_parser(sub)
     return parser
+
+
+def _playground_parser(sub: argparse._SubParsersAction) -> None:
+    play = sub.add_parser(
+        "playground",
+        help="chat with the bot in a browser, through a local Feishu simulator (no app needed)",
+    )
+    mode = play.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--offline",
+        action="store_const",
+        const=True,
+        dest="offline",
+        default=False,
+        help="answer with a local demo model instead of Claude (no credentials needed)",
+    )
+    mode.add_argument(
+        "--auto-offline",
+        action="store_const",
+        const=None,
+        dest="offline",
+        help="use the offline demo only when no Claude credentials are found",
+    )
+    play.add_argument("--port", type=int, default=None, help="page port (default PLAYGROUND_PORT)")
+    play.add_argument(
+        "--data-dir", default="./playground-data", help="the playground's own database and logs"
+    )
 
 
 def _load(env_file: str) -> Settings | None:
@@ -84,11 +117,27 @@ def _run(settings: Settings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "playground":
+        from feishu_bot.playground import run_playground
+
+        export_env_file(args.env_file or None)
+        return run_playground(
+            offline=args.offline,
+            port=args.port,
+            env_file=args.env_file or None,
+            data_dir=args.data_dir,
+        )
     settings = _load(args.env_file)
     if settings is None:
         return EXIT_CONFIG
     if args.command == "check":
-        return _check(settings)
+        code = _check(settings)
+        if args.online:
+            from feishu_bot.checks import run_online_checks
+
+            online = run_online_checks(settings)
+            code = code or online  # bad configuration (2) wins over a failed online check (1)
+        return code
     return _run(settings)
 
 
