@@ -2,20 +2,47 @@
 # Installs everything the bot and its tests need, from the project's own lock files:
 # uv (pinned), the Python environment (.venv from uv.lock), and the pinned Node tools
 # (Claude Code CLI, pm2) into node_modules from package-lock.json. Safe to run again.
+#
+# uv goes into a private tool environment (.tools/uv-venv), never into the system Python, so
+# this works on a stock Debian/Ubuntu python3 that refuses `pip install` (PEP 668).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 UV_VERSION=0.13.8
 export UV_PYTHON_DOWNLOADS=never
+TOOL_VENV="$ROOT/.tools/uv-venv"
 
-if ! command -v uv >/dev/null 2>&1 || [ "$(uv --version | awk '{print $2}')" != "$UV_VERSION" ]; then
-  python3 -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"
+die() { echo "bootstrap: $*" >&2; exit 1; }
+
+# Prerequisites first, one line each, before anything slow runs.
+command -v python3 >/dev/null 2>&1 || die "python3 is required: install the python3 package (>= 3.11)"
+command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 \
+  || die "Node.js and npm are required: install the nodejs and npm packages (Node.js >= 20)"
+
+uv_version() { "$1" --version 2>/dev/null | awk '{print $2}'; }
+
+if [ "$(uv_version "$TOOL_VENV/bin/uv")" = "$UV_VERSION" ]; then
+  UV="$TOOL_VENV/bin/uv"
+elif command -v uv >/dev/null 2>&1 && [ "$(uv_version uv)" = "$UV_VERSION" ]; then
+  UV="$(command -v uv)"
+else
+  # Debian/Ubuntu ship venv without ensurepip unless python3-venv is installed.
+  python3 -c 'import ensurepip, venv' >/dev/null 2>&1 \
+    || die "install the python3-venv package (python3 -m venv is unavailable)"
+  rm -rf "$TOOL_VENV"
+  python3 -m venv "$TOOL_VENV" \
+    || die "install the python3-venv package (python3 -m venv failed)"
+  "$TOOL_VENV/bin/pip" install --quiet --disable-pip-version-check "uv==$UV_VERSION"
+  UV="$TOOL_VENV/bin/uv"
 fi
-uv sync --frozen --quiet
+"$UV" sync --frozen --quiet
 
-command -v npm >/dev/null 2>&1 || { echo "bootstrap: npm is required (Node.js >= 20)" >&2; exit 1; }
+# npm's own node_modules/.package-lock.json never equals package-lock.json byte for byte, so a
+# copy of the lock file installed last is kept as the stamp.
+STAMP=node_modules/.feishu-bot-package-lock.json
 if [ ! -x node_modules/.bin/claude ] || [ ! -x node_modules/.bin/pm2 ] \
-   || ! cmp -s package-lock.json node_modules/.package-lock.json 2>/dev/null; then
+   || ! cmp -s package-lock.json "$STAMP" 2>/dev/null; then
   npm ci --no-audit --no-fund --loglevel=error
+  cp package-lock.json "$STAMP"
 fi
 node_modules/.bin/claude --version >/dev/null

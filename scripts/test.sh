@@ -5,6 +5,21 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 "$ROOT/scripts/bootstrap.sh"
+
+# The playground's browser test drives Debian's chromium. Without it that test fails (it does
+# not skip): install it when we can (root with apt-get), say so clearly when we cannot.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "test.sh: installing Debian chromium for the browser test"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq chromium >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; } \
+      || echo "test.sh: could not install chromium; the browser test will fail" >&2
+  else
+    echo "test.sh: chromium is missing and cannot be installed here (needs root and apt-get):" \
+      "the browser test will fail. Install it with: apt-get install -y chromium" >&2
+  fi
+fi
 export NO_PROXY="127.0.0.1,localhost${NO_PROXY:+,$NO_PROXY}"
 export no_proxy="$NO_PROXY"
 .venv/bin/ruff check .
