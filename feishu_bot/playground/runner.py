@@ -269,11 +269,17 @@ class Playground:
         """Stop the bot (graceful, short), the page, the demo model and the simulator."""
         if self.bot_task is not None and not self.bot_task.done():
             self.bot.request_stop()
-            try:
-                await asyncio.wait_for(asyncio.shield(self.bot_task), 60)
-            except TimeoutError:
-                self.bot.request_stop()
-                await asyncio.gather(self.bot_task, return_exceptions=True)
+            # The bot drains for SHUTDOWN_GRACE, then kills what still runs; a second request
+            # skips the grace, and a bot that still hangs is cancelled rather than waited on.
+            for last in (False, False, True):
+                done, _ = await asyncio.wait({self.bot_task}, timeout=30)
+                if done:
+                    break
+                if last:
+                    self.bot_task.cancel()
+                    await asyncio.gather(self.bot_task, return_exceptions=True)
+                else:
+                    self.bot.request_stop()
         if self.web is not None:
             await self.web.stop()
         if self._sink_id is not None:

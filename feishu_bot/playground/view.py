@@ -66,8 +66,13 @@ def turn_timings(
     reactions = [r for r in sim.reactions if r.message_id == msg.message_id]
     replies = sim.replies_to(msg.message_id)
     updates = [t for m in replies for t in m.version_times[1:]]
-    updates += [changes[m.message_id][1] for m in replies if changes.get(m.message_id, (1,))[0] > 1]
-    count = sum(max(changes.get(m.message_id, (len(m.versions),))[0], 1) - 1 for m in replies)
+    count = sum(max(0, len(m.versions) - 1) for m in replies)
+    for m in replies:
+        # A CardKit card changes on its entity, which the simulator records without times.
+        seen = changes.get(m.message_id)
+        if getattr(m, "card_entity", None) is not None and seen is not None and seen[0] > 1:
+            updates.append(seen[1])
+            count += seen[0] - 1
     removed = [r.removed_at for r in reactions if r.removed_at is not None]
     done = max(removed) if removed and all(not r.live for r in reactions) else None
     return {

@@ -22,8 +22,16 @@ from feishu_bot.playground import Playground, PlaygroundConfig
 from tests.fakes.claude_env import REAL_CLAUDE_BIN
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.when == "call":
+        item.playground_failed = report.failed  # type: ignore[attr-defined]
+    return report
+
+
 @pytest.fixture
-async def playground(tmp_path: Path) -> AsyncIterator[Playground]:
+async def playground(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Playground]:
     assert REAL_CLAUDE_BIN.is_file(), "run ./scripts/bootstrap.sh: the pinned Claude CLI is missing"
     logs = io.StringIO()
     pg = Playground(
@@ -41,12 +49,13 @@ async def playground(tmp_path: Path) -> AsyncIterator[Playground]:
     except BaseException:
         print(logs.getvalue()[-4000:])
         raise
-    pg.test_logs = logs  # type: ignore[attr-defined]
     try:
         yield pg
     finally:
         await pg.stop()
         logger.remove()
+        if getattr(request.node, "playground_failed", False):
+            print("--- the bot's log (tail) ---\n" + logs.getvalue()[-6000:])
 
 
 class Feed:

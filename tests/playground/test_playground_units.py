@@ -1,4 +1,4 @@
-"""The playground's pure parts: the demo model's plan, credential detection, ack decoding."""
+"""The playground's parts on their own: the demo model, credentials, ack decoding, the view."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from feishu_bot.playground.credentials import claude_credentials
 from feishu_bot.playground.features import card_action_response
 from feishu_bot.playground.offline_api import OFFLINE_LABEL, OfflineApi, plan_answer
 from feishu_bot.playground.runner import find_claude_bin
+from feishu_bot.playground.view import ChatView
+from feishu_bot.simulator import FeishuSimulator
 
 
 def _user(text: str) -> dict[str, object]:
@@ -91,3 +93,58 @@ def test_find_claude_bin_prefers_the_pinned_cli() -> None:
     assert find_claude_bin("/opt/claude") == "/opt/claude"
     found = find_claude_bin("claude")
     assert found == "claude" or found.endswith("node_modules/.bin/claude")
+
+
+async def test_chat_view_follows_replies_patches_and_reactions(sim: FeishuSimulator) -> None:
+    """What the page is sent, driven through the simulator's REST API as the bot would."""
+    view = ChatView(sim)
+    user_id = await sim.push_message(
+        chat_id="oc_playground_group", chat_type="group", text="hi", mention_bot=True
+    )
+    first = {i["id"]: i for i in view.changed()}
+    assert first[user_id]["chat"] == "group" and first[user_id]["text"] == "@ClaudeBot hi"
+    assert view.changed() == []  # nothing new, nothing sent
+
+    card = {
+        "config": {"update_multi": True},
+        "header": {"template": "blue", "title": {"tag": "plain_text", "content": "t"}},
+        "elements": [{"tag": "markdown", "content": "part"}],
+    }
+    async with aiohttp.ClientSession(base_url=sim.base_url) as http:
+        async with http.post(
+            "/open-apis/auth/v3/tenant_access_token/internal",
+            json={"app_id": sim.options.app_id, "app_secret": sim.options.app_secret},
+        ) as resp:
+            auth = {"Authorization": f"Bearer {(await resp.json())['tenant_access_token']}"}
+        async with http.post(
+            f"/open-apis/im/v1/messages/{user_id}/reactions",
+            json={"reaction_type": {"emoji_type": "OnIt"}},
+            headers=auth,
+        ) as resp:
+            reaction_id = (await resp.json())["data"]["reaction_id"]
+        body = {"msg_type": "interactive", "content": json.dumps(card)}
+        async with http.post(
+            f"/open-apis/im/v1/messages/{user_id}/reply", json=body, headers=auth
+        ) as resp:
+            reply_id = (await resp.json())["data"]["message_id"]
+        card["elements"][0]["content"] = "part and the rest"  # type: ignore[index]
+        async with http.patch(
+            f"/open-apis/im/v1/messages/{reply_id}",
+            json={"content": json.dumps(card)},
+            headers=auth,
+        ) as resp:
+            assert (await resp.json())["code"] == 0
+        async with http.delete(
+            f"/open-apis/im/v1/messages/{user_id}/reactions/{reaction_id}", headers=auth
+        ) as resp:
+            assert (await resp.json())["code"] == 0
+
+    items = {i["id"]: i for i in view.changed()}
+    reply = items[reply_id]
+    assert reply["from"] == "bot" and reply["reply_to"] == user_id and reply["chat"] == "group"
+    assert reply["version"] == 2 and reply["text"] == "part and the rest"
+    assert reply["content"]["header"]["template"] == "blue"
+    timings = items[user_id]["timings"]
+    assert items[user_id]["reactions"] == [{"emoji": "OnIt", "live": False}]
+    assert timings["updates"] == 1
+    assert 0 <= timings["first_reply"] <= timings["last_update"] <= timings["done"]
