@@ -22,6 +22,14 @@ from loguru import logger
 from feishu_bot import __version__
 from feishu_bot.config import Settings
 from feishu_bot.errors import FeishuApiError, GatewayError
+from feishu_bot.startup import (
+    DatabaseUnusable,
+    credentials_refused,
+    gateway_refused,
+    open_store,
+    wait_for_bot_info,
+    wait_stop_or_gateway_failure,
+)
 
 __all__ = ["Bot", "run_app"]
 
@@ -61,6 +69,8 @@ class Bot:
         signals = (signal.SIGTERM, signal.SIGINT)
         for sig in signals:
             loop.add_signal_handler(sig, self.request_stop)
+        # Exit codes: see feishu_bot/startup.py (2 only for what a restart cannot fix).
+        failure: GatewayError | None = None
         try:
             async with AsyncExitStack() as stack:
                 await self._open_store(stack)
@@ -68,17 +78,32 @@ class Bot:
                     logger.info("stop requested during startup: start abandoned")
                 else:
                     self.ready.set()
-                    await self._stop.wait()
+                    failure = await wait_stop_or_gateway_failure(self._stop, self.gateway)
+                    if failure is not None:
+                        logger.error("stopping so that the supervisor restarts me: {}", failure)
+                        self._stop.set()
                     await self._drain()
+            if failure is not None:
+                logger.info("feishu-bot stopped (exit {})", EXIT_FAILURE)
+                return EXIT_FAILURE
             logger.info("feishu-bot stopped")
             return EXIT_OK
-        except FeishuApiError as exc:
-            logger.error(
-                "Feishu refused the app credentials or the call: {} (code {})", exc, exc.code
-            )
+        except DatabaseUnusable as exc:
+            logger.error("{}", exc.line)
             return EXIT_CONFIG
+        except FeishuApiError as exc:
+            if credentials_refused(exc):
+                logger.error(
+                    "Feishu refused the app credentials: {} (code {}): check FEISHU_APP_ID, "
+                    "FEISHU_APP_SECRET and FEISHU_DOMAIN",
+                    exc,
+                    exc.code,
+                )
+                return EXIT_CONFIG
+            logger.error("a Feishu call failed during start-up: {} (code {})", exc, exc.code)
+            return EXIT_FAILURE
         except GatewayError as exc:
-            if exc.code:
+            if gateway_refused(exc):
                 logger.error(
                     "Feishu refused the long connection (code {}): check FEISHU_APP_ID, "
                     "FEISHU_APP_SECRET and FEISHU_DOMAIN",
@@ -94,10 +119,8 @@ class Bot:
     async def _open_store(self, stack: AsyncExitStack) -> None:
         # Opened before the cancellable part of the start: a half-opened connection has a
         # non-daemon thread that would keep the process alive.
-        from database.store import SessionStore
-
         logger.info("feishu-bot {} starting (domain {})", __version__, self.settings.FEISHU_DOMAIN)
-        store = await SessionStore.open(self.settings.DATABASE_PATH)
+        store = await open_store(self.settings.DATABASE_PATH)
         stack.push_async_callback(store.close)
         self.store = store
 
@@ -147,7 +170,20 @@ class Bot:
             domain=s.FEISHU_DOMAIN,
         )
         stack.push_async_callback(replier.aclose)
-        bot_info = await replier.bot_info()
+        # Up before the first Feishu call: while Feishu cannot be reached the bot waits (and
+        # /healthz says 503) instead of exiting.
+        metrics = BotMetrics(self._metrics_snapshot)
+        if s.HEALTH_PORT:
+            server = HealthServer(
+                host=s.HEALTH_HOST,
+                port=s.HEALTH_PORT,
+                status=self.health_status,
+                metrics=metrics,
+            )
+            await server.start()
+            stack.push_async_callback(server.stop)
+            logger.info("health endpoint on http://{}:{}/healthz", s.HEALTH_HOST, server.port)
+        bot_info = await wait_for_bot_info(replier)
         bot_open_id = str(bot_info.get("open_id", ""))
         logger.info("bot identity: {} ({})", bot_info.get("app_name", "?"), bot_open_id)
 
@@ -166,7 +202,7 @@ class Bot:
             turns=turns,
             workdir_root=workdir_root,
             gateway_status=self._gateway_status,
-            metrics=BotMetrics(self._metrics_snapshot),
+            metrics=metrics,
         )
         self._ctx = ctx
         dispatcher = Dispatcher(
@@ -201,17 +237,6 @@ class Bot:
         )
         health_task = loop.create_task(monitor.run(), name="health")
         stack.push_async_callback(_cancel_and_wait, health_task)
-
-        if s.HEALTH_PORT:
-            server = HealthServer(
-                host=s.HEALTH_HOST,
-                port=s.HEALTH_PORT,
-                status=self.health_status,
-                metrics=ctx.metrics,
-            )
-            await server.start()
-            stack.push_async_callback(server.stop)
-            logger.info("health endpoint on http://{}:{}/healthz", s.HEALTH_HOST, server.port)
 
         logger.info(
             "feishu-bot ready: max {} concurrent claude processes, queue {}, timeout {:g}s",
