@@ -21,10 +21,10 @@ __all__ = [
     "capabilities",
     "card_action_response",
     "card_entity",
+    "push_attachment",
     "push_card_action",
     "rendered_card",
     "resource",
-    "upload_resource",
 ]
 
 CARD_ACTION = "card.action.trigger"
@@ -145,55 +145,60 @@ def card_action_response(code: int | None, payload: Any) -> dict[str, Any]:
     return decoded if isinstance(decoded, dict) else {}
 
 
-def _resource_api(sim: FeishuSimulator) -> tuple[Any, Any]:
-    """(add(kind, name, data, mime) -> key, get(key) -> resource) of the simulator, if any."""
-    add = _first_attr(sim, ("add_resource", "upload_resource", "put_resource"))
-    get = _first_attr(sim, ("resource", "get_resource"))
-    return add, get
+def _media(sim: FeishuSimulator) -> Any:
+    """The simulator's resources and uploads (`FeishuSimulator.media`), when it has them."""
+    return getattr(sim, "media", None)
 
 
 def capabilities(sim: FeishuSimulator) -> dict[str, bool]:
     """Which optional parts the page may offer."""
-    add, _ = _resource_api(sim)
+    media = _media(sim)
     return {
         "cardkit": _cardkit_store(sim) is not None,
-        "upload": callable(add),
+        "upload": media is not None and callable(getattr(media, "push_image", None)),
     }
 
 
-async def upload_resource(
-    sim: FeishuSimulator, *, kind: str, name: str, data: bytes, mime: str
+async def push_attachment(
+    sim: FeishuSimulator, *, kind: str, name: str, data: bytes, **push: Any
 ) -> str:
-    """Store a user's image/file in the simulator; return its image_key / file_key."""
-    add, _ = _resource_api(sim)
-    if not callable(add):
-        raise NotImplementedError("this simulator cannot hold images or files yet")
-    key = add(kind=kind, name=name, data=data, mime=mime)
-    if hasattr(key, "__await__"):
-        key = await key
-    if not isinstance(key, str):
-        key = _first_attr(key, ("key", "image_key", "file_key"))
-    return str(key)
+    """A user sends an image or a file: stored as a message resource, pushed as a real
+    ``image`` / ``file`` message event. Returns the message_id."""
+    media = _media(sim)
+    if media is None:
+        raise NotImplementedError("this simulator cannot hold images or files")
+    if kind == "image":
+        return str(await media.push_image(data, **push))
+    return str(await media.push_file(data, name, **push))
 
 
 def resource(sim: FeishuSimulator, key: str) -> tuple[bytes, str, str] | None:
-    """(bytes, mime type, file name) of a stored image or file, or None."""
-    _, get = _resource_api(sim)
-    found: Any = None
-    if callable(get):
-        try:
-            found = get(key)
-        except KeyError:
-            found = None
-    if found is None:
-        store = _first_attr(sim.records, ("resources",))
-        if isinstance(store, dict):
-            found = store.get(key)
-    if found is None:
+    """(bytes, content type, file name) of an image/file a user or the bot sent, or None."""
+    media = _media(sim)
+    if media is None:
         return None
-    data = _first_attr(found, ("data", "content", "body"))
-    if not isinstance(data, bytes | bytearray):
-        return None
-    mime = _first_attr(found, ("mime", "content_type", "mime_type")) or "application/octet-stream"
-    name = _first_attr(found, ("name", "file_name", "filename")) or key
-    return bytes(data), str(mime), str(name)
+    for upload in reversed(getattr(media, "uploads", [])):
+        if upload.key == key:
+            mime = upload.content_type or _sniff(upload.data, upload.kind)
+            return upload.data, mime, upload.file_name or key
+    for found in getattr(media, "resources", {}).values():
+        if found.key == key:
+            mime = found.content_type
+            if not mime or mime == "application/octet-stream":
+                mime = _sniff(found.data, found.kind)
+            return found.data, mime, key
+    return None
+
+
+def _sniff(data: bytes, kind: str) -> str:
+    signatures = (
+        (b"\x89PNG", "image/png"),
+        (b"\xff\xd8", "image/jpeg"),
+        (b"GIF8", "image/gif"),
+    )
+    for magic, mime in signatures:
+        if data.startswith(magic):
+            return mime
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return "application/octet-stream" if kind != "image" else "image/png"

@@ -10,6 +10,8 @@ What the demo model does with the user's last message:
 - default: echoes it, streamed word by word (server-sent events as the real API sends them);
 - ``run: <command>``: asks for the ``Bash`` tool with that command (so an approval or a denial
   can be seen), then reports the tool's result in a second answer;
+- ``send: <path>``: asks for the bot's ``send_file`` tool (``mcp__feishu__send_file``), so a
+  file made in the working directory comes back into the chat;
 - contains ``slow``: streams a long answer slowly (about a minute), so Stop can be tried.
 
 Adapted from the test fake (tests/fakes/fake_anthropic.py); the package never imports tests.
@@ -32,15 +34,29 @@ SYSTEM_REMINDER = "<system-reminder>"
 WORD_DELAY_S = 0.04  # visible streaming without making the demo tedious
 SLOW_WORD_DELAY_S = 0.5
 SLOW_WORDS = 120  # ~60 s: long enough to press Stop
+SEND_FILE_TOOL = "mcp__feishu__send_file"  # the bot's MCP tool that posts a file to the chat
 
 
 @dataclass(frozen=True)
 class DemoAnswer:
-    """What the demo model answers to one request: text, then optionally one Bash call."""
+    """What the demo model answers to one request: text, then optionally one tool call."""
 
     text: str
     word_delay: float = WORD_DELAY_S
     bash_command: str | None = None
+    tool: str | None = None  # another tool than Bash, called with `tool_input`
+    tool_input: dict[str, Any] | None = None
+
+    @property
+    def tool_call(self) -> tuple[str, dict[str, Any]] | None:
+        if self.bash_command is not None:
+            return "Bash", {
+                "command": self.bash_command,
+                "description": "Run the command from the playground",
+            }
+        if self.tool is not None:
+            return self.tool, dict(self.tool_input or {})
+        return None
 
 
 def _text_blocks(content: Any) -> list[str]:
@@ -86,12 +102,19 @@ def plan_answer(messages: list[dict[str, Any]]) -> DemoAnswer:
     result = _tool_result(messages)
     if result is not None:
         text, is_error = result
-        head = "The command was not run:" if is_error else "The command printed:"
+        head = "The tool call was refused or failed:" if is_error else "The command printed:"
         return DemoAnswer(f"{label}{head}\n\n```\n{text.strip() or '(no output)'}\n```")
     said = _last_user_text(messages)
     if said.lower().startswith("run:"):
         command = said[4:].strip() or "echo hello from the playground"
         return DemoAnswer(f"{label}I would like to run `{command}`.", bash_command=command)
+    if said.lower().startswith("send:"):
+        path = said[5:].strip() or "hello.txt"
+        return DemoAnswer(
+            f"{label}Sending `{path}` to the chat.",
+            tool=SEND_FILE_TOOL,
+            tool_input={"path": path, "caption": f"{path}, sent by the offline demo"},
+        )
     if "slow" in said.lower():
         words = " ".join(f"word{i}" for i in range(1, SLOW_WORDS + 1))
         return DemoAnswer(
@@ -99,7 +122,7 @@ def plan_answer(messages: list[dict[str, Any]]) -> DemoAnswer:
         )
     return DemoAnswer(
         f"{label}You said: {said}\n\n"
-        "Try `run: touch hello.txt` for a tool call that needs approval, "
+        'Try `run: python3 -c "print(6*7)"` for a tool call that needs approval, '
         "or a message with *slow* in it to try Stop."
     )
 
@@ -213,8 +236,8 @@ class OfflineApi:
                     {"type": "content_block_delta", "index": 0, "delta": delta},
                 )
             await send("content_block_stop", {"type": "content_block_stop", "index": 0})
-            if answer.bash_command is not None:
-                tool = _tool_block(answer.bash_command)
+            if answer.tool_call is not None:
+                tool = _tool_block(*answer.tool_call)
                 await send(
                     "content_block_start",
                     {
@@ -245,22 +268,22 @@ class OfflineApi:
 
 
 def _stop_reason(answer: DemoAnswer) -> str:
-    return "tool_use" if answer.bash_command is not None else "end_turn"
+    return "tool_use" if answer.tool_call is not None else "end_turn"
 
 
-def _tool_block(command: str) -> dict[str, Any]:
+def _tool_block(name: str, tool_input: dict[str, Any]) -> dict[str, Any]:
     return {
         "type": "tool_use",
         "id": f"toolu_demo_{uuid.uuid4().hex[:20]}",
-        "name": "Bash",
-        "input": {"command": command, "description": "Run the command from the playground"},
+        "name": name,
+        "input": tool_input,
     }
 
 
 def _message(answer: DemoAnswer, model: str) -> dict[str, Any]:
     content: list[dict[str, Any]] = [{"type": "text", "text": answer.text}]
-    if answer.bash_command is not None:
-        content.append(_tool_block(answer.bash_command))
+    if answer.tool_call is not None:
+        content.append(_tool_block(*answer.tool_call))
     return {
         "id": f"msg_demo_{uuid.uuid4().hex[:24]}",
         "type": "message",

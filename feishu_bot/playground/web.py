@@ -254,22 +254,18 @@ class PlaygroundWeb:
         data = upload.file.read()
         mime = upload.content_type or mimetypes.guess_type(upload.filename)[0] or ""
         kind = "image" if mime in IMAGE_TYPES else "file"
-        key = await features.upload_resource(
-            self.sim, kind=kind, name=upload.filename, data=data, mime=mime
-        )
-        content = {"image_key": key} if kind == "image" else {"file_key": key}
-        if kind == "file":
-            content["file_name"] = upload.filename
         mention = str(form.get("mention") or "") in ("1", "true") and chat.chat_type == "group"
-        message_id = await self.sim.push_message(
+        message_id = await features.push_attachment(
+            self.sim,
+            kind=kind,
+            name=upload.filename,
+            data=data,
             chat_id=chat.chat_id,
             chat_type=chat.chat_type,
             sender_open_id=PLAYGROUND_USER,
-            msg_type=kind,
-            content=content,
             mention_bot=mention,
         )
-        return web.json_response({"message_id": message_id, "key": key})
+        return web.json_response({"message_id": message_id, "kind": kind})
 
     async def _resource(self, request: web.Request) -> web.StreamResponse:
         found = features.resource(self.sim, request.match_info["key"])

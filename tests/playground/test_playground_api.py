@@ -8,6 +8,7 @@ import pytest
 from feishu_bot.playground import Playground
 from feishu_bot.playground.offline_api import OFFLINE_LABEL
 from feishu_bot.simulator.envelopes import MESSAGE_RECEIVE
+from feishu_bot.simulator.media import sample_png
 from tests.playground.conftest import Feed
 
 pytestmark = [pytest.mark.real_cli, pytest.mark.slow]
@@ -107,3 +108,28 @@ async def test_state_healthz_card_action_and_bad_requests(playground: Playground
         assert "/static/app.js" in page
         async with session.get(pg.url + "/static/cards.js") as resp:
             assert resp.status == 200
+
+
+async def test_image_upload_reaches_the_bot(playground: Playground) -> None:
+    pg = playground
+    png = sample_png(24, 24, seed=7)
+    async with aiohttp.ClientSession() as session, session.ws_connect(pg.url + "/api/feed") as ws:
+        feed = Feed(ws)
+        await feed.until(lambda f: f.hello)
+        assert feed.hello["features"]["upload"] is True
+        form = aiohttp.FormData()
+        form.add_field("chat", "p2p")
+        form.add_field("file", png, filename="shot.png", content_type="image/png")
+        async with session.post(pg.url + "/api/upload", data=form) as resp:
+            assert resp.status == 200, await resp.text()
+            message_id = (await resp.json())["message_id"]
+        item = await feed.until(lambda f: f.items.get(message_id))
+        assert item["msg_type"] == "image" and item["from"] == "user"
+        key = item["content"]["image_key"]
+        async with session.get(f"{pg.url}/api/resource/{key}") as resp:
+            assert resp.status == 200 and resp.content_type == "image/png"
+            assert await resp.read() == png
+        # The bot really fetched it from the simulator and answered (whatever it says).
+        await feed.until(lambda f: f.bot_replies(message_id))
+    fetched = [r for r in pg.sim.requests if r.path.endswith(f"/resources/{key}")]
+    assert fetched and fetched[0].status == 200

@@ -38,7 +38,15 @@ def test_plan_tool_call_then_result() -> None:
     assert after.bash_command is None
     assert "The command printed:" in after.text and "done" in after.text
     denied = {**result, "content": [{**result["content"][0], "is_error": True}]}  # type: ignore[index]
-    assert "was not run" in plan_answer([denied]).text
+    assert "refused or failed" in plan_answer([denied]).text
+
+
+def test_plan_send_file_asks_for_the_bots_tool() -> None:
+    answer = plan_answer([_user("send: out/plot.png")])
+    assert answer.tool_call == (
+        "mcp__feishu__send_file",
+        {"path": "out/plot.png", "caption": "out/plot.png, sent by the offline demo"},
+    )
 
 
 def test_plan_slow_is_slow() -> None:
