@@ -6,16 +6,27 @@ imports `feishu_bot`; importing it has no side effects (no connection is opened 
 """
 
 from database.migrations import SCHEMA_VERSION, SchemaTooNewError
-from database.models import PENDING_STATUSES, Conversation, Turn, TurnStatus
+from database.models import (
+    PENDING_STATUSES,
+    Conversation,
+    PruneResult,
+    SessionInfo,
+    Turn,
+    TurnStats,
+    TurnStatus,
+)
 from database.store import SessionStore, StoreClosedError
 
 __all__ = [
     "PENDING_STATUSES",
     "SCHEMA_VERSION",
     "Conversation",
+    "PruneResult",
     "SchemaTooNewError",
+    "SessionInfo",
     "SessionStore",
     "StoreClosedError",
     "Turn",
+    "TurnStats",
     "TurnStatus",
 ]

@@ -13,7 +13,10 @@ from typing import Final
 __all__ = [
     "PENDING_STATUSES",
     "Conversation",
+    "PruneResult",
+    "SessionInfo",
     "Turn",
+    "TurnStats",
     "TurnStatus",
 ]
 
@@ -76,3 +79,52 @@ class Turn:
     error: str | None
     created_at: float
     updated_at: float
+    sender_open_id: str = ""
+    attachments: tuple[dict[str, object], ...] = ()  # kind/key/name/size, never bytes
+    reaction_id: str | None = None
+    card_message_id: str | None = None
+
+
+# -- sessions, statistics and retention (issue 12 hardening) -----------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """One Claude session a conversation has used (the `sessions` table, for /sessions).
+
+    `turns` counts `touch_session` calls; `first_prompt` is the start of the prompt that
+    opened it (at most 200 characters).
+    """
+
+    session_id: str
+    conversation_key: str
+    created_at: float
+    last_used_at: float
+    turns: int
+    first_prompt: str
+
+
+@dataclass(frozen=True, slots=True)
+class TurnStats:
+    """Journalled turns of a conversation (or all) since a time: how many, how many ended
+    'done', the median `duration_ms` of those that recorded one (None if none did), and the
+    summed cost."""
+
+    count: int
+    ok: int
+    median_duration_ms: float | None
+    total_cost_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    """What one `prune` removed. `sessions` are the dropped session ids, so the caller can
+    delete their transcripts (the store never touches files outside its database)."""
+
+    turns: int = 0
+    processed: int = 0
+    sessions: tuple[str, ...] = ()
+
+    @property
+    def total(self) -> int:
+        return self.turns + self.processed + len(self.sessions)

@@ -9,7 +9,9 @@ What it holds:
 - processed Feishu message ids, so a message redelivered after a reconnect or a restart is
   handled at most once;
 - the turn journal: one row per accepted message, with the prompt, so turns that were queued
-  or running when the process died can be found (`pending_turns`) and run or closed.
+  or running when the process died can be found (`pending_turns`) and run or closed;
+- through `database.history.HistoryMixin`: a turn's reaction/card ids, the sessions a
+  conversation used, turn statistics, and the retention policy (`prune`).
 
 Invariants:
 - One logical operation at a time: an `asyncio.Lock` serialises operations on the
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -41,6 +44,7 @@ from typing import Any, Final, Self, TypeVar
 import aiosqlite
 
 from database.connection import BUSY_TIMEOUT_MS, busy_retrying, connect
+from database.history import HistoryMixin
 from database.migrations import migrate
 from database.models import PENDING_STATUSES, Conversation, Turn, TurnStatus
 
@@ -55,13 +59,20 @@ _CONVERSATION_COLUMNS: Final = (
 )
 _TURN_COLUMNS: Final = (
     "id, message_id, conversation_key, chat_id, prompt, reply_in_thread, status, attempts, "
-    "exit_code, duration_ms, cost_usd, error, created_at, updated_at"
+    "exit_code, duration_ms, cost_usd, error, created_at, updated_at, sender_open_id, "
+    "attachments, reaction_id, card_message_id"
 )
 _STATUS_VALUES: Final = frozenset(status.value for status in TurnStatus)
 
 
 class StoreClosedError(RuntimeError):
     """The store was used after `close()`."""
+
+
+def _attachment_dict(item: Any) -> dict[str, Any]:
+    if isinstance(item, dict):
+        return {k: item.get(k) for k in ("kind", "key", "name", "size")}
+    return {k: getattr(item, k, None) for k in ("kind", "key", "name", "size")}
 
 
 def _conversation(row: sqlite3.Row) -> Conversation:
@@ -96,6 +107,10 @@ def _turn(row: sqlite3.Row) -> Turn:
         error=row["error"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        sender_open_id=row["sender_open_id"],
+        attachments=tuple(json.loads(row["attachments"] or "[]")),
+        reaction_id=row["reaction_id"],
+        card_message_id=row["card_message_id"],
     )
 
 
@@ -107,7 +122,7 @@ async def _rowcount(conn: aiosqlite.Connection, sql: str, params: Iterable[Any])
         await cursor.close()
 
 
-class SessionStore:
+class SessionStore(HistoryMixin):
     """Conversations, processed message ids and the turn journal in one SQLite file.
 
     Build it with `await SessionStore.open(path)`; use it as an async context manager or call
@@ -320,13 +335,19 @@ class SessionStore:
         chat_id: str,
         prompt: str,
         reply_in_thread: bool,
+        sender_open_id: str = "",
+        attachments: Iterable[Any] = (),
     ) -> int | None:
         """Record the message as processed and journal it as a 'queued' turn, atomically.
+
+        `attachments` (Attachment-like objects or dicts with kind/key/name/size) are stored as
+        JSON keys, never bytes, so a replayed turn can download them again.
 
         Returns the new turn id on first delivery, None if `message_id` was seen before
         (also when its processed row was pruned but its journal row remains).
         """
         now = self._clock()
+        attached = json.dumps([_attachment_dict(a) for a in attachments], ensure_ascii=False)
 
         async def body(conn: aiosqlite.Connection) -> int | None:
             first = await conn.execute_fetchall(
@@ -338,10 +359,13 @@ class SessionStore:
                 return None
             rows = await conn.execute_fetchall(
                 "INSERT INTO turns (message_id, conversation_key, chat_id, prompt,"
-                " reply_in_thread, status, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)"
+                " reply_in_thread, status, created_at, updated_at, sender_open_id, attachments)"
+                " VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)"
                 " ON CONFLICT (message_id) DO NOTHING RETURNING id",
-                (message_id, conversation_key, chat_id, prompt, int(reply_in_thread), now, now),
+                (
+                    message_id, conversation_key, chat_id, prompt, int(reply_in_thread),
+                    now, now, sender_open_id, attached,
+                ),
             )
             return next((int(row[0]) for row in rows), None)
 

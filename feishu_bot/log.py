@@ -1,6 +1,9 @@
 """Logging: loguru sinks, the stdlib intercept and the redaction filter.
 
 `configure_logging()` is called once by the entry point; importing this module does nothing.
+With a log directory, the rotating file gets every line at the configured level and stderr
+only warnings and errors: a supervisor that captures stderr (pm2 writes it to files it never
+rotates) would otherwise keep a second, unbounded copy of the whole log.
 Every record passes through `redact()` before any sink sees it, so the app secret, tenant/app
 access tokens and websocket `access_key`/`ticket` values never reach stderr or the log files,
 whichever library produced the record.
@@ -106,7 +109,10 @@ def configure_logging(
     secrets: Iterable[str] = (),
     stderr: Any = None,
 ) -> Redactor:
-    """Install the sinks once (stderr, optional rotating files) and return the redactor."""
+    """Install the sinks once (stderr, optional rotating files) and return the redactor.
+
+    With `log_dir`, stderr gets WARNING and above only (or `level`, if that is higher).
+    """
     redactor = Redactor(secrets)
 
     def patch(record: dict[str, Any]) -> None:
@@ -125,7 +131,12 @@ def configure_logging(
     logger.configure(patcher=patch)  # type: ignore[arg-type]
     fmt: Any = _json_formatter if json_lines else _text_format_redacted
     sink = stderr if stderr is not None else sys.stderr
-    logger.add(sink, level=level, format=fmt, colorize=False, backtrace=False, diagnose=False)
+    stderr_level: str | int = level
+    if log_dir and logger.level(level.upper()).no < logger.level("WARNING").no:
+        stderr_level = "WARNING"
+    logger.add(
+        sink, level=stderr_level, format=fmt, colorize=False, backtrace=False, diagnose=False
+    )
     if log_dir:
         path = Path(log_dir)
         path.mkdir(parents=True, exist_ok=True)

@@ -70,9 +70,38 @@ def test_json_lines(tmp_path) -> None:
             logger.info("hello {}", SECRET)
     finally:
         logger.remove()
-    line = json.loads(buf.getvalue().strip().splitlines()[-1])
+    text = (tmp_path / "logs" / "feishu_bot.log").read_text()
+    line = json.loads(text.strip().splitlines()[-1])
     assert line["message"] == "hello ***" and line["conversation"] == "p2p:oc_1"
-    assert SECRET not in (tmp_path / "logs" / "feishu_bot.log").read_text()
+    assert SECRET not in text
+
+
+def test_log_dir_doubles_every_line_on_stderr(tmp_path) -> None:
+    """With LOG_DIR, stderr (captured by pm2, never rotated) keeps warnings and errors only."""
+    buf = io.StringIO()
+    configure_logging(level="DEBUG", log_dir=tmp_path / "logs", stderr=buf)
+    try:
+        logger.debug("debug line")
+        logger.info("health: active 0/5")
+        logger.warning("a warning")
+        logger.error("an error")
+    finally:
+        logger.remove()
+    file_text = (tmp_path / "logs" / "feishu_bot.log").read_text()
+    for line in ("debug line", "health: active 0/5", "a warning", "an error"):
+        assert line in file_text
+    assert "health" not in buf.getvalue() and "debug line" not in buf.getvalue()
+    assert "a warning" in buf.getvalue() and "an error" in buf.getvalue()
+
+
+def test_without_log_dir_stderr_gets_everything() -> None:
+    buf = io.StringIO()
+    configure_logging(level="INFO", log_dir=None, stderr=buf)
+    try:
+        logger.info("health: active 0/5")
+    finally:
+        logger.remove()
+    assert "health: active 0/5" in buf.getvalue()
 
 
 def test_redactor_leaves_ordinary_text_alone() -> None:

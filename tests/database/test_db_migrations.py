@@ -30,8 +30,8 @@ def schema_objects(path: Path) -> set[tuple[str, str]]:
     return set(rows)
 
 
-async def _v2_add_label(conn: aiosqlite.Connection) -> None:
-    """A test-only version 2: what a real next migration would look like."""
+async def _v3_add_label(conn: aiosqlite.Connection) -> None:
+    """A test-only version 3: what a real next migration would look like."""
     await conn.execute("ALTER TABLE conversations ADD COLUMN label TEXT NOT NULL DEFAULT ''")
     await conn.execute("UPDATE conversations SET label = 'migrated:' || key")
 
@@ -40,7 +40,7 @@ async def test_empty_file_is_migrated_to_the_current_version(db_path: Path):
     async with await SessionStore.open(db_path):
         pass
     assert db_path.parent.is_dir()
-    assert user_version(db_path) == SCHEMA_VERSION == len(STEPS) == 1
+    assert user_version(db_path) == SCHEMA_VERSION == len(STEPS) == 2
     assert schema_objects(db_path) >= {
         ("table", "conversations"),
         ("table", "processed_messages"),
@@ -48,6 +48,10 @@ async def test_empty_file_is_migrated_to_the_current_version(db_path: Path):
         ("index", "conversations_session_activity"),
         ("index", "processed_messages_seen_at"),
         ("index", "turns_status"),
+        ("index", "turns_created"),
+        ("table", "tool_grants"),
+        ("table", "sessions"),
+        ("index", "sessions_conversation"),
     }
 
 
@@ -101,21 +105,39 @@ async def test_two_connections_migrating_one_new_file_run_each_step_once(tmp_pat
 
 
 async def test_upgrade_from_the_previous_version_keeps_data(db_path: Path):
-    async with await SessionStore.open(db_path) as store:  # a file at version 1, with data
+    db_path.parent.mkdir(parents=True)
+    conn = await connect(db_path)
+    try:
+        assert await migrate(conn, steps=STEPS[:1]) == 1  # a file a v1 bot wrote, with data
+        now = 1_700_000_000.0
         for n in range(3):
-            await store.ensure_conversation(
-                f"p2p:oc_{n}", chat_id=f"oc_{n}", chat_type="p2p", thread_root=None, workdir="/w"
+            await conn.execute(
+                "INSERT INTO conversations (key, chat_id, chat_type, workdir, session_id,"
+                " created_at, last_activity) VALUES (?, ?, 'p2p', '/w', ?, ?, ?)",
+                (f"p2p:oc_{n}", f"oc_{n}", f"sid-{n}", now, now),
             )
-            await store.set_session(f"p2p:oc_{n}", f"sid-{n}")
-        await store.accept_message(
-            "om_1", conversation_key="p2p:oc_0", chat_id="oc_0", prompt="hi", reply_in_thread=True
+        await conn.execute(
+            "INSERT INTO turns (message_id, conversation_key, chat_id, prompt, reply_in_thread,"
+            " status, created_at, updated_at) VALUES ('om_1', 'p2p:oc_0', 'oc_0', 'hi', 1,"
+            " 'queued', ?, ?)",
+            (now, now),
         )
+    finally:
+        await conn.close()
     assert user_version(db_path) == 1
+
+    async with await SessionStore.open(db_path) as store:  # the real v2 step
+        [turn] = await store.pending_turns()
+        assert (turn.message_id, turn.prompt, turn.reply_in_thread) == ("om_1", "hi", True)
+        assert (turn.sender_open_id, turn.attachments) == ("", ())
+        assert (turn.reaction_id, turn.card_message_id) == (None, None)
+        assert (await store.get_conversation("p2p:oc_2")).session_id == "sid-2"
+    assert user_version(db_path) == 2
 
     conn = await connect(db_path)
     try:
-        assert await migrate(conn, steps=(*STEPS, _v2_add_label)) == 2
-        assert await current_version(conn) == 2
+        assert await migrate(conn, steps=(*STEPS, _v3_add_label)) == 3
+        assert await current_version(conn) == 3
     finally:
         await conn.close()
 
@@ -127,7 +149,7 @@ async def test_upgrade_from_the_previous_version_keeps_data(db_path: Path):
     db.close()
     assert rows == [(f"p2p:oc_{n}", f"sid-{n}", f"migrated:p2p:oc_{n}") for n in range(3)]
     assert turns == [("om_1", "hi", 1)]
-    assert user_version(db_path) == 2
+    assert user_version(db_path) == 3
 
 
 async def test_a_failing_step_leaves_the_file_at_its_old_version_untouched(db_path: Path):
@@ -135,7 +157,7 @@ async def test_a_failing_step_leaves_the_file_at_its_old_version_untouched(db_pa
         await store.mark_processed("om_1")
     before = schema_objects(db_path)
 
-    async def broken_v2(conn: aiosqlite.Connection) -> None:
+    async def broken_v3(conn: aiosqlite.Connection) -> None:
         await conn.execute("CREATE TABLE half_done (x)")
         await conn.execute("DELETE FROM processed_messages")
         raise RuntimeError("step failed half-way")
@@ -143,11 +165,11 @@ async def test_a_failing_step_leaves_the_file_at_its_old_version_untouched(db_pa
     conn = await connect(db_path)
     try:
         with pytest.raises(RuntimeError, match="half-way"):
-            await migrate(conn, steps=(*STEPS, broken_v2))
+            await migrate(conn, steps=(*STEPS, broken_v3))
         assert not conn.in_transaction
     finally:
         await conn.close()
-    assert user_version(db_path) == 1
+    assert user_version(db_path) == 2
     assert schema_objects(db_path) == before
     async with await SessionStore.open(db_path) as store:
         assert await store.mark_processed("om_1") is False  # the row survived the rollback
@@ -158,14 +180,14 @@ async def test_a_file_newer_than_the_code_is_refused_and_left_alone(db_path: Pat
         await store.mark_processed("om_1")
     conn = await connect(db_path)
     try:
-        await migrate(conn, steps=(*STEPS, _v2_add_label))
+        await migrate(conn, steps=(*STEPS, _v3_add_label))
     finally:
         await conn.close()
 
-    with pytest.raises(SchemaTooNewError, match="version 2 is newer") as caught:
+    with pytest.raises(SchemaTooNewError, match="version 3 is newer") as caught:
         await SessionStore.open(db_path)
-    assert (caught.value.found, caught.value.supported) == (2, SCHEMA_VERSION)
-    assert user_version(db_path) == 2
+    assert (caught.value.found, caught.value.supported) == (3, SCHEMA_VERSION)
+    assert user_version(db_path) == 3
     with sqlite3.connect(db_path) as db:
         assert db.execute("SELECT COUNT(*) FROM processed_messages").fetchone() == (1,)
     db.close()
