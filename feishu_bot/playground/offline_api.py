@@ -70,15 +70,34 @@ def _text_blocks(content: Any) -> list[str]:
     return out
 
 
+def _typed(text: str) -> bool:
+    # Left out: the CLI's reminders and the "[Image: source: …]" note it adds after an image.
+    stripped = text.lstrip()
+    return not stripped.startswith((SYSTEM_REMINDER, "[Image: source:", "[Image #"))
+
+
 def _last_user_text(messages: list[dict[str, Any]]) -> str:
     texts = [
         text
         for msg in messages
         if msg.get("role") == "user"
         for text in _text_blocks(msg.get("content"))
-        if not text.lstrip().startswith(SYSTEM_REMINDER)
+        if _typed(text)
     ]
     return texts[-1].strip() if texts else ""
+
+
+def _images(messages: list[dict[str, Any]]) -> list[str]:
+    """Media types of the image blocks in the last user message."""
+    if not messages or messages[-1].get("role") != "user":
+        return []
+    content = messages[-1].get("content")
+    blocks = content if isinstance(content, list) else []
+    return [
+        str((b.get("source") or {}).get("media_type") or "image")
+        for b in blocks
+        if isinstance(b, dict) and b.get("type") == "image"
+    ]
 
 
 def _tool_result(messages: list[dict[str, Any]]) -> tuple[str, bool] | None:
@@ -120,8 +139,10 @@ def plan_answer(messages: list[dict[str, Any]]) -> DemoAnswer:
         return DemoAnswer(
             f"{label}A slow answer, so you can press Stop: {words}", word_delay=SLOW_WORD_DELAY_S
         )
+    images = _images(messages)
+    seen = f"I received {len(images)} image(s) ({', '.join(images)}). " if images else ""
     return DemoAnswer(
-        f"{label}You said: {said}\n\n"
+        f"{label}{seen}You said: {said or '(no text)'}\n\n"
         'Try `run: python3 -c "print(6*7)"` for a tool call that needs approval, '
         "or a message with *slow* in it to try Stop."
     )

@@ -253,6 +253,19 @@ class Page:
                 },
             )
 
+    async def set_files(self, selector: str, paths: list[Path]) -> None:
+        """Choose files in an <input type=file>, as the file picker would (fires "change")."""
+        doc = await self.call("DOM.getDocument", {"depth": 0})
+        node = await self.call(
+            "DOM.querySelector", {"nodeId": doc["root"]["nodeId"], "selector": selector}
+        )
+        if not node.get("nodeId"):
+            raise CdpError(f"no element {selector!r}")
+        await self.call(
+            "DOM.setFileInputFiles",
+            {"nodeId": node["nodeId"], "files": [str(p) for p in paths]},
+        )
+
     async def screenshot(self, path: Path) -> None:
         data = await self.call("Page.captureScreenshot", {"format": "png"})
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,10 @@
 """The playground page in a real headless Chromium, driven over the DevTools protocol.
 
 Against the playground in offline mode (real long connection, real CLI, demo model): a p2p
-message and its streamed answer, an @mention in the group (and a message without one that
-gets no answer), and a slow answer stopped with Stop. Chromium is the Debian package
-(scripts/test.sh installs it); without it this test fails, it does not skip.
+message and its answer, an @mention in the group (and a message without one that gets no
+answer), an image chosen in the page, and a slow answer streamed and stopped with Stop.
+Chromium is the Debian package (scripts/test.sh installs it); without it this test fails, it
+does not skip.
 
 Set PLAYGROUND_SCREENSHOT=docs/playground.png to refresh the README's screenshot.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from feishu_bot.playground import Playground
+from feishu_bot.simulator.media import sample_png
 from tests.playground.cdp import Browser, Page, find_chromium
 
 pytestmark = [pytest.mark.real_cli, pytest.mark.slow]
@@ -99,8 +101,25 @@ async def test_chat_in_a_real_browser(playground: Playground, tmp_path: Path) ->
         )
         assert playground.sim.replies_to(ignored.message_id) == []
 
-        # slow answer, streamed while the turn runs, then Stop.
+        # an image in the p2p chat: chosen in the page, uploaded into the simulator, shown,
+        # answered.
         await page.click('.chat-tab[data-chat="p2p"]')
+        await page.wait_for("document.getElementById('mention').hidden")
+        image = tmp_path / "screenshot.png"
+        image.write_bytes(sample_png(32, 32, seed=3))
+        await page.wait_for("!document.getElementById('attach').hidden")
+        await page.set_files("#file", [image])
+        await page.wait_for(
+            """[...document.querySelectorAll('.msg.from-user img.msg-img')]
+                .some((img) => img.complete && img.naturalWidth === 32)"""
+        )
+        uploaded = next(m for m in playground.sim.user_messages.values() if m.msg_type == "image")
+        await page.wait_for(
+            f"""[...document.querySelectorAll('.msg.from-bot')]
+                .some((m) => m.dataset.replyTo === {_js(uploaded.message_id)})"""
+        )
+
+        # slow answer, streamed while the turn runs, then Stop.
         await send(page, "tell me something slow")
         await page.wait_for(
             f"""(() => {{

@@ -49,6 +49,14 @@ def test_plan_send_file_asks_for_the_bots_tool() -> None:
     )
 
 
+def test_plan_notices_images() -> None:
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": ""}}
+    note = {"type": "text", "text": "[Image: source: /tmp/x/1.png]"}
+    asked = {"role": "user", "content": [{"type": "text", "text": "what is this"}, image, note]}
+    answer = plan_answer([asked])
+    assert "I received 1 image(s) (image/png). You said: what is this" in answer.text
+
+
 def test_plan_slow_is_slow() -> None:
     answer = plan_answer([_user("be SLOW please")])
     assert answer.word_delay >= 0.5 and "word120" in answer.text
