@@ -10,7 +10,6 @@ changed since the last call.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,21 +42,15 @@ def _chat_key(chat_id: str) -> str:
     return _CHAT_KEYS.get(chat_id, "p2p")
 
 
-def turn_timings(
-    sim: FeishuSimulator,
-    msg: UserMessage,
-    changes: dict[str, tuple[int, float]] | None = None,
-) -> dict[str, float | int | None]:
+def turn_timings(sim: FeishuSimulator, msg: UserMessage) -> dict[str, float | int | None]:
     """Milliseconds from the user's message to what Feishu saw of the bot's answer.
 
     ``ack`` the long connection's ack, ``reaction`` the "working" reaction, ``first_reply`` the
-    first reply (text or card), ``last_update`` the last change to any reply, ``done`` the
-    reaction removed (the bot's end of the turn); ``updates`` counts the replies' changes.
-    None = not (yet) seen. `changes` (message_id -> (version, when the playground saw it)) adds
-    CardKit updates, which the simulator records without a time.
+    first reply (text or card), ``last_update`` the last change to any reply (a PATCH or a
+    CardKit update), ``done`` the reaction removed (the bot's end of the turn); ``updates``
+    counts the replies' changes. None = not (yet) seen.
     """
     start = msg.created_at
-    changes = changes or {}
 
     def ms(at: float | None) -> float | None:
         return None if at is None else round((at - start) * 1000, 1)
@@ -66,13 +59,6 @@ def turn_timings(
     reactions = [r for r in sim.reactions if r.message_id == msg.message_id]
     replies = sim.replies_to(msg.message_id)
     updates = [t for m in replies for t in m.version_times[1:]]
-    count = sum(max(0, len(m.versions) - 1) for m in replies)
-    for m in replies:
-        # A CardKit card changes on its entity, which the simulator records without times.
-        seen = changes.get(m.message_id)
-        if getattr(m, "card_entity", None) is not None and seen is not None and seen[0] > 1:
-            updates.append(seen[1])
-            count += seen[0] - 1
     removed = [r.removed_at for r in reactions if r.removed_at is not None]
     done = max(removed) if removed and all(not r.live for r in reactions) else None
     return {
@@ -81,15 +67,11 @@ def turn_timings(
         "first_reply": ms(min((m.created_at for m in replies), default=None)),
         "last_update": ms(max(updates, default=None)),
         "done": ms(done),
-        "updates": count,
+        "updates": len(updates),
     }
 
 
-def message_item(
-    sim: FeishuSimulator,
-    msg: SentMessage | UserMessage,
-    changes: dict[str, tuple[int, float]] | None = None,
-) -> dict[str, Any]:
+def message_item(sim: FeishuSimulator, msg: SentMessage | UserMessage) -> dict[str, Any]:
     """One chat item as the page renders it (see static/app.js `renderItem`)."""
     from_user = isinstance(msg, UserMessage)
     content: dict[str, Any] = msg.content if isinstance(msg.content, dict) else {}
@@ -117,10 +99,10 @@ def message_item(
     }
     if isinstance(msg, SentMessage):
         item["reply_to"] = msg.reply_to
-        # PATCHes add REST versions; a CardKit card's changes are counted on its entity.
+        # Every PATCH, and every CardKit update of the card it shows, adds a version.
         item["version"] = max(len(msg.versions), card_version)
     else:
-        item["timings"] = turn_timings(sim, msg, changes)
+        item["timings"] = turn_timings(sim, msg)
     return item
 
 
@@ -130,17 +112,15 @@ class ChatView:
     def __init__(self, sim: FeishuSimulator) -> None:
         self.sim = sim
         self._sent: dict[str, str] = {}
-        self._changes: dict[str, tuple[int, float]] = {}
 
     def items(self) -> list[dict[str, Any]]:
         """Every message, oldest first."""
-        now = time.time()
-        bot = [message_item(self.sim, m) for m in self.sim.messages]
-        for item in bot:
-            if self._changes.get(item["id"], (None,))[0] != item["version"]:
-                self._changes[item["id"]] = (item["version"], now)
-        users = [message_item(self.sim, m, self._changes) for m in self.sim.user_messages.values()]
-        return sorted([*users, *bot], key=lambda i: i["created_at"])
+        msgs: list[SentMessage | UserMessage] = [
+            *self.sim.user_messages.values(),
+            *self.sim.messages,
+        ]
+        msgs.sort(key=lambda m: m.created_at)
+        return [message_item(self.sim, m) for m in msgs]
 
     def changed(self) -> list[dict[str, Any]]:
         out = []

@@ -111,6 +111,14 @@ def test_find_claude_bin_prefers_the_pinned_cli() -> None:
     assert found == "claude" or found.endswith("node_modules/.bin/claude")
 
 
+async def _auth(http: aiohttp.ClientSession, sim: FeishuSimulator) -> dict[str, str]:
+    async with http.post(
+        "/open-apis/auth/v3/tenant_access_token/internal",
+        json={"app_id": sim.options.app_id, "app_secret": sim.options.app_secret},
+    ) as resp:
+        return {"Authorization": f"Bearer {(await resp.json())['tenant_access_token']}"}
+
+
 async def test_chat_view_follows_replies_patches_and_reactions(sim: FeishuSimulator) -> None:
     """What the page is sent, driven through the simulator's REST API as the bot would."""
     view = ChatView(sim)
@@ -127,11 +135,7 @@ async def test_chat_view_follows_replies_patches_and_reactions(sim: FeishuSimula
         "elements": [{"tag": "markdown", "content": "part"}],
     }
     async with aiohttp.ClientSession(base_url=sim.base_url) as http:
-        async with http.post(
-            "/open-apis/auth/v3/tenant_access_token/internal",
-            json={"app_id": sim.options.app_id, "app_secret": sim.options.app_secret},
-        ) as resp:
-            auth = {"Authorization": f"Bearer {(await resp.json())['tenant_access_token']}"}
+        auth = await _auth(http, sim)
         async with http.post(
             f"/open-apis/im/v1/messages/{user_id}/reactions",
             json={"reaction_type": {"emoji_type": "OnIt"}},
@@ -164,3 +168,50 @@ async def test_chat_view_follows_replies_patches_and_reactions(sim: FeishuSimula
     assert items[user_id]["reactions"] == [{"emoji": "OnIt", "live": False}]
     assert timings["updates"] == 1
     assert 0 <= timings["first_reply"] <= timings["last_update"] <= timings["done"]
+
+
+async def test_chat_view_shows_cardkit_cards_as_they_stream(sim: FeishuSimulator) -> None:
+    view = ChatView(sim)
+    user_id = await sim.push_message(chat_id="oc_playground_p2p", text="stream please")
+    card = {
+        "schema": "2.0",
+        "config": {"streaming_mode": True},
+        "header": {"template": "blue", "title": {"tag": "plain_text", "content": "Working"}},
+        "body": {"elements": [{"tag": "markdown", "content": "…", "element_id": "answer"}]},
+    }
+    base = "/open-apis/cardkit/v1/cards"
+    async with aiohttp.ClientSession(base_url=sim.base_url) as http:
+        auth = await _auth(http, sim)
+        body = {"type": "card_json", "data": json.dumps(card)}
+        async with http.post(base, json=body, headers=auth) as resp:
+            card_id = (await resp.json())["data"]["card_id"]
+        content = {"type": "card", "data": {"card_id": card_id}}
+        body = {"msg_type": "interactive", "content": json.dumps(content)}
+        async with http.post(
+            f"/open-apis/im/v1/messages/{user_id}/reply", json=body, headers=auth
+        ) as resp:
+            reply_id = (await resp.json())["data"]["message_id"]
+        shown = {i["id"]: i for i in view.changed()}[reply_id]
+        assert shown["content"]["_streaming"] is True and shown["text"] == "…"
+
+        for sequence, text in enumerate(("Hello", "Hello world"), start=1):
+            async with http.put(
+                f"{base}/{card_id}/elements/answer/content",
+                json={"content": text, "sequence": sequence, "uuid": f"u{sequence}"},
+                headers=auth,
+            ) as resp:
+                assert (await resp.json())["code"] == 0, await resp.text()
+        streamed = {i["id"]: i for i in view.changed()}[reply_id]
+        assert streamed["text"] == "Hello world" and streamed["version"] > shown["version"]
+
+        settings = {"config": {"streaming_mode": False}}
+        async with http.patch(
+            f"{base}/{card_id}/settings",
+            json={"settings": json.dumps(settings), "sequence": 3, "uuid": "u3"},
+            headers=auth,
+        ) as resp:
+            assert (await resp.json())["code"] == 0, await resp.text()
+    final = {i["id"]: i for i in view.changed()}[reply_id]
+    assert "_streaming" not in final["content"]
+    assert final["content"]["schema"] == "2.0"
+    assert {i["id"]: i for i in view.items()}[user_id]["timings"]["updates"] >= 2
