@@ -20,7 +20,9 @@ from typing import Any
 
 from loguru import logger
 
+from feishu_bot.checks import resolve_claude_bin
 from feishu_bot.config import Settings, load_settings
+from feishu_bot.errors import ConfigError
 from feishu_bot.simulator import FeishuSimulator
 
 from .credentials import claude_credentials
@@ -163,6 +165,13 @@ class Playground:
             await self.api.start()
             self._offline_env(self.api.base_url)
         self.settings = self._settings()
+        if resolve_claude_bin(self.settings.CLAUDE_BIN) is None:
+            raise ConfigError(
+                [
+                    f"CLAUDE_BIN: {self.settings.CLAUDE_BIN!r} not found: run "
+                    "./scripts/bootstrap.sh (it installs the pinned Claude CLI into node_modules)"
+                ]
+            )
         self.web = PlaygroundWeb(
             self.sim,
             info=self._info(),
@@ -171,8 +180,9 @@ class Playground:
             port=self.settings.PLAYGROUND_PORT if self.config.port is None else self.config.port,
         )
         self._sink_id = logger.add(self._log_sink, level="INFO", format="{message}")
-        await self._start_bot()
+        # The page first: a busy port fails at once, and the page is up while the bot connects.
         await self.web.start()
+        await self._start_bot()
 
     def _offline_env(self, base_url: str) -> None:
         home = self.data_dir / "claude-home"

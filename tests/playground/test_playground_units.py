@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import socket
 from pathlib import Path
 
 import aiohttp
+import pytest
+from loguru import logger
 
+from feishu_bot.playground import PlaygroundConfig
+from feishu_bot.playground.cli import serve
 from feishu_bot.playground.credentials import claude_credentials
 from feishu_bot.playground.features import card_action_response
 from feishu_bot.playground.offline_api import OFFLINE_LABEL, OfflineApi, plan_answer
@@ -215,3 +221,27 @@ async def test_chat_view_shows_cardkit_cards_as_they_stream(sim: FeishuSimulator
     assert "_streaming" not in final["content"]
     assert final["content"]["schema"] == "2.0"
     assert {i["id"]: i for i in view.items()}[user_id]["timings"]["updates"] >= 2
+
+
+async def test_cli_exit_codes_for_a_busy_port_and_a_missing_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        config = PlaygroundConfig(
+            data_dir=tmp_path / "pg", port=busy.getsockname()[1], offline=True, env_file=None
+        )
+        assert await asyncio.to_thread(serve, config) == 2
+    assert "is in use; pass --port N or set PLAYGROUND_PORT" in capsys.readouterr().err
+
+    config = PlaygroundConfig(
+        data_dir=tmp_path / "pg",
+        port=0,
+        offline=True,
+        env_file=None,
+        overrides={"CLAUDE_BIN": str(tmp_path / "no-claude")},
+    )
+    assert await asyncio.to_thread(serve, config) == 2
+    assert "CLAUDE_BIN" in capsys.readouterr().err
+    logger.remove()
