@@ -15,6 +15,9 @@ Ownership and invariants:
 - Message creation (send/reply) carries a `uuid` that stays the same across retries, so a
   retry after a lost response cannot post a second message (Feishu dedupes by uuid for 1 h).
 - The token and the app secret are never logged or put into exception messages.
+- Sends are paced (`feishu.pacing.Pacer`): replies and sends per chat (known from Feishu's
+  answers or `note_chat`; until then per replied-to message), PATCHes per message, a little
+  under Feishu's 5 per second, so a burst of cards waits its turn instead of drawing 429s.
 
 It does not split or render content (see `render`), and it does not throttle updates of one
 card (see `progress`).
@@ -26,6 +29,7 @@ import asyncio
 import json as jsonlib
 import time
 import uuid as uuid_mod
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Self
@@ -46,6 +50,7 @@ from feishu_bot.errors import (
     FeishuTokenInvalid,
     FeishuTransientError,
 )
+from feishu_bot.feishu.pacing import Pacer
 from feishu_bot.feishu.render import body_dumps, dumps, text_content
 
 __all__ = ["RATE_LIMIT_CODES", "TOKEN_INVALID_CODES", "FeishuReplier"]
@@ -55,6 +60,7 @@ RATE_LIMIT_CODES = frozenset({99991400, 230020})
 TOKEN_REFRESH_MARGIN = 600.0  # seconds before expiry at which a cached token is replaced
 
 _TOKEN_PATH = "/open-apis/auth/v3/tenant_access_token/internal"
+_CHAT_MEMORY = 4096  # message ids whose chat is remembered for pacing
 
 Sleep = Callable[[float], Awaitable[None]]
 # Builds a fresh multipart body for each attempt (an aiohttp FormData can be sent only once).
@@ -79,7 +85,10 @@ class FeishuReplier:
         rate_limit_min_wait: float = 1.0,
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
+        pacer: Pacer | None = None,
     ) -> None:
+        """`pacer` spaces message sends per chat and PATCHes per message (default: a little
+        under Feishu's 5 per second); `Pacer.off()` disables it."""
         if max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
         self._app_id = app_id
@@ -101,6 +110,9 @@ class FeishuReplier:
         self._token_valid_until = 0.0
         self._token_lock = asyncio.Lock()
         self.token_fetches = 0  # for tests and /metrics
+        self._pacer = pacer if pacer is not None else Pacer()
+        # message id -> chat id, learned from answers and `note_chat`, to pace replies per chat
+        self._chat_of: OrderedDict[str, str] = OrderedDict()
 
     # -- lifetime ----------------------------------------------------------------------------
 
@@ -151,6 +163,7 @@ class FeishuReplier:
         uuid: str | None = None,
     ) -> str:
         """Reply to a message; returns the new message id. `uuid` dedupes across retries."""
+        await self._pacer.wait(self._send_key(message_id))
         body = await self._call(
             "POST",
             f"/open-apis/im/v1/messages/{message_id}/reply",
@@ -162,12 +175,15 @@ class FeishuReplier:
             },
             op="reply",
         )
-        return _data_str(body, "message_id", "reply")
+        new_id = _data_str(body, "message_id", "reply")
+        self._learn_chat(body, message_id, new_id)
+        return new_id
 
     async def send(
         self, chat_id: str, msg_type: str, content: dict[str, Any], *, uuid: str | None = None
     ) -> str:
         """Send a new message to a chat; returns its id."""
+        await self._pacer.wait(f"chat:{chat_id}")
         body = await self._call(
             "POST",
             "/open-apis/im/v1/messages",
@@ -180,10 +196,13 @@ class FeishuReplier:
             },
             op="send",
         )
-        return _data_str(body, "message_id", "send")
+        new_id = _data_str(body, "message_id", "send")
+        self.note_chat(new_id, chat_id)
+        return new_id
 
     async def patch(self, message_id: str, content: dict[str, Any]) -> None:
         """Replace the content of a card sent with `update_multi: true`."""
+        await self._pacer.wait(f"patch:{message_id}")  # Feishu limits PATCHes per message
         await self._call(
             "PATCH",
             f"/open-apis/im/v1/messages/{message_id}",
@@ -232,6 +251,32 @@ class FeishuReplier:
         self, chat_id: str, card: dict[str, Any], *, uuid: str | None = None
     ) -> str:
         return await self.send(chat_id, "interactive", card, uuid=uuid)
+
+    # -- pacing ------------------------------------------------------------------------------
+
+    def note_chat(self, message_id: str, chat_id: str) -> None:
+        """Tell the replier which chat `message_id` is in (e.g. an inbound message), so that
+        replies to it are paced with the rest of that chat from the first one on."""
+        if not message_id or not chat_id:
+            return
+        if self._chat_of.get(message_id) != chat_id:
+            # Calls keyed by the message until now count against the chat from here on.
+            self._pacer.merge(f"msg:{message_id}", f"chat:{chat_id}")
+        self._chat_of[message_id] = chat_id
+        self._chat_of.move_to_end(message_id)
+        while len(self._chat_of) > _CHAT_MEMORY:
+            self._chat_of.popitem(last=False)
+
+    def _send_key(self, message_id: str) -> str:
+        chat_id = self._chat_of.get(message_id)
+        return f"chat:{chat_id}" if chat_id else f"msg:{message_id}"
+
+    def _learn_chat(self, body: dict[str, Any], *message_ids: str) -> None:
+        data = body.get("data")
+        chat_id = data.get("chat_id") if isinstance(data, dict) else None
+        if isinstance(chat_id, str):
+            for message_id in message_ids:
+                self.note_chat(message_id, chat_id)
 
     # -- CardKit card entities (scope cardkit:card:write; Card JSON 2.0 only) ----------------
     # Every operation on one card carries a `sequence` that must increase strictly; the

@@ -18,6 +18,7 @@ import pytest
 from feishu_bot.claude.protocol import StreamParser
 from feishu_bot.errors import FeishuApiError, FeishuTransientError
 from feishu_bot.events import ClaudeEvent
+from feishu_bot.feishu.pacing import Pacer
 from feishu_bot.feishu.progress import DEFAULT_REACTION, ReplyStream
 from feishu_bot.feishu.render import CARD_MAX_BYTES, card_size
 from feishu_bot.feishu.replier import FeishuReplier
@@ -580,7 +581,10 @@ async def test_sim_rate_limited_chat_still_gets_every_card(sim: Any) -> None:
     async with sim_mod.FeishuSimulator(rate_limits=True) as limited:
         user = await limited.push_message(text="long please")
         text = "".join(f"para {i} " + "词" * 9000 + "\n\n" for i in range(8))
-        async with real_replier(limited, backoff_initial=0.05, backoff_max=0.5) as replier:
+        # Pacing off: this pins the 429 retry path (with pacing the limit is not reached).
+        async with real_replier(
+            limited, backoff_initial=0.05, backoff_max=0.5, pacer=Pacer.off()
+        ) as replier:
             stream = ReplyStream(replier, user, in_thread=False)
             await stream.finish(text)
         cards = limited.replies_to(user)
