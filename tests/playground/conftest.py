@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,32 +30,51 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
+StartPlayground = Callable[..., Awaitable[Playground]]
+
+
 @pytest.fixture
-async def playground(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Playground]:
+async def start_playground(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[StartPlayground]:
+    """`await start_playground(**settings)`: an offline playground, stopped after the test."""
     assert REAL_CLAUDE_BIN.is_file(), "run ./scripts/bootstrap.sh: the pinned Claude CLI is missing"
     logs = io.StringIO()
-    pg = Playground(
-        PlaygroundConfig(
-            data_dir=tmp_path / "playground-data",
-            port=0,
-            offline=True,
-            env_file=None,
-            overrides={"CLAUDE_BIN": str(REAL_CLAUDE_BIN), "LOG_DIR": "", "CLAUDE_TIMEOUT": 90},
+    started: list[Playground] = []
+
+    async def start(**overrides: Any) -> Playground:
+        pg = Playground(
+            PlaygroundConfig(
+                data_dir=tmp_path / "playground-data",
+                port=0,
+                offline=True,
+                env_file=None,
+                overrides={
+                    "CLAUDE_BIN": str(REAL_CLAUDE_BIN),
+                    "LOG_DIR": "",
+                    "CLAUDE_TIMEOUT": 90,
+                    **overrides,
+                },
+            )
         )
-    )
-    configure_logging(level="DEBUG", log_dir=None, secrets=[pg.app_secret], stderr=logs)
-    try:
+        configure_logging(level="DEBUG", log_dir=None, secrets=[pg.app_secret], stderr=logs)
+        started.append(pg)
         await pg.start()
-    except BaseException:
-        print(logs.getvalue()[-4000:])
-        raise
+        return pg
+
     try:
-        yield pg
+        yield start
     finally:
-        await pg.stop()
+        for pg in started:
+            await pg.stop()
         logger.remove()
-        if getattr(request.node, "playground_failed", False):
+        if started and getattr(request.node, "playground_failed", True):
             print("--- the bot's log (tail) ---\n" + logs.getvalue()[-6000:])
+
+
+@pytest.fixture
+async def playground(start_playground: StartPlayground) -> Playground:
+    return await start_playground()
 
 
 class Feed:

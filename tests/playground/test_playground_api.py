@@ -9,7 +9,7 @@ from feishu_bot.playground import Playground
 from feishu_bot.playground.offline_api import OFFLINE_LABEL
 from feishu_bot.simulator.envelopes import MESSAGE_RECEIVE
 from feishu_bot.simulator.media import sample_png
-from tests.playground.conftest import Feed
+from tests.playground.conftest import Feed, StartPlayground
 
 pytestmark = [pytest.mark.real_cli, pytest.mark.slow]
 
@@ -133,3 +133,25 @@ async def test_image_upload_reaches_the_bot(playground: Playground) -> None:
         await feed.until(lambda f: f.bot_replies(message_id))
     fetched = [r for r in pg.sim.requests if r.path.endswith(f"/resources/{key}")]
     assert fetched and fetched[0].status == 200
+
+
+async def test_queued_position_then_stop(start_playground: StartPlayground) -> None:
+    """With one CLI slot, a second conversation's turn shows "queued, position 1"; /stop in
+    the first frees the slot and the queued one is answered."""
+    pg = await start_playground(CLAUDE_MAX_CONCURRENT=1)
+    async with aiohttp.ClientSession() as session, session.ws_connect(pg.url + "/api/feed") as ws:
+        feed = Feed(ws)
+        slow = await _send(session, pg, chat="p2p", text="something slow")
+        await feed.until(lambda f: "word1" in "".join(r["text"] for r in f.bot_replies(slow)))
+        waiting = await _send(session, pg, chat="group", text="after you", mention=True)
+        queued = await feed.until(
+            lambda f: next(
+                (r for r in f.bot_replies(waiting) if "queued, position 1" in r["text"]), None
+            )
+        )
+        assert queued["msg_type"] == "interactive"
+        await _send(session, pg, chat="p2p", text="/stop")
+        stopped = await feed.until(lambda f: f.finished_text(slow))
+        answered = await feed.until(lambda f: f.finished_text(waiting))
+    assert "word120" not in stopped
+    assert "You said: after you" in answered
