@@ -77,6 +77,7 @@ class CardStream:
         full_interval: float = 1.0,
         op_interval: float = 0.1,
         stream_ttl: float = 540.0,
+        show_after: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -85,6 +86,8 @@ class CardStream:
         self._key, self._turn_id = conversation_key, turn_id
         self._text_interval, self._full_interval = text_interval, full_interval
         self._op_interval, self._stream_ttl = op_interval, stream_ttl
+        self._show_after = show_after
+        self._soon: asyncio.Task[None] | None = None
         self._clock, self._sleep = clock, sleep
         self._uuid = uuid_mod.uuid4().hex
         self._reaction = Reaction(replier, reply_to, reaction)
@@ -145,6 +148,8 @@ class CardStream:
         """Stop background work without delivering anything."""
         self._closed = True
         self._reaction.cancel()
+        if self._soon is not None:
+            self._soon.cancel()
         if self._flusher is not None:
             self._flusher.cancel()
             await asyncio.gather(self._flusher, return_exceptions=True)
@@ -169,6 +174,16 @@ class CardStream:
             return
         self._state, self._position = "working", None
         if self._want_card:
+            self._kick()
+        elif self._soon is None and self._signer is not None and self._turn_id is not None:
+            # A quick answer costs one message; a slow start shows the card (and its Stop
+            # button) after `show_after` seconds.
+            self._soon = asyncio.create_task(self._show_soon(), name=f"soon:{self._reply_to}")
+
+    async def _show_soon(self) -> None:
+        await self._sleep(self._show_after)
+        if not self._closed and self._fallback is None and not self._want_card:
+            self._want_card = True
             self._kick()
 
     async def update(self, text: Text) -> None:
@@ -421,6 +436,8 @@ class CardStream:
             logger.warning("card stream already closed; final {} ignored", state)
             return
         self._closed = True
+        if self._soon is not None:
+            self._soon.cancel()
         try:
             if self._fallback is not None:
                 await self._fallback_deliver(text, state, note)

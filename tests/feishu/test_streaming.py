@@ -124,6 +124,19 @@ async def test_quick_answer_is_one_message(sim, replier, signer):
     assert cardkit_requests(sim) == []
 
 
+async def test_slow_start_shows_the_card_with_stop_before_any_text(sim, replier, signer):
+    user = await sim.push_message(text="think hard")
+    stream = make_stream(replier, user, CardKitState(), signer, show_after=0.05)
+    await stream.started()
+    [reply] = await sim.wait_for(lambda: sim.replies_to(user))
+    card = sim.rendered_card(reply.message_id)
+    assert find_button(card, "Stop") is not None
+    assert card["header"]["title"]["content"] == "Claude is working…"
+    await stream.update("thought")
+    await stream.finish("thought through")
+    assert len(sim.replies_to(user)) == 1
+
+
 async def test_cardkit_refused_falls_back_to_patch_and_rechecks_later(sim, replier, logs):
     sim.cardkit.refuse()
     now = [0.0]
