@@ -143,6 +143,7 @@ class Bot:
     async def _start(self, stack: AsyncExitStack) -> None:
         from feishu_bot.claude.launcher import Launcher, LauncherConfig
         from feishu_bot.context import BotContext
+        from feishu_bot.conversations import Conversations
         from feishu_bot.dispatch import Dispatcher
         from feishu_bot.feishu.access import AccessPolicy, RefusalLimiter
         from feishu_bot.feishu.gateway import FeishuGateway
@@ -194,6 +195,8 @@ class Bot:
         turns = TurnRegistry()
         stack.push_async_callback(turns.aclose)
 
+        access = AccessPolicy(s.FEISHU_ALLOWED_USERS, s.FEISHU_ALLOWED_CHATS, s.FEISHU_ALLOW_ALL)
+        conversations = Conversations(access=access, stream_factory=ReplyStream)
         ctx = BotContext(
             settings=s,
             store=store,
@@ -203,14 +206,12 @@ class Bot:
             workdir_root=workdir_root,
             gateway_status=self._gateway_status,
             metrics=metrics,
+            conversations=conversations,
         )
+        conversations.bind(ctx)
         self._ctx = ctx
         dispatcher = Dispatcher(
-            ctx,
-            bot_open_id=bot_open_id,
-            access=AccessPolicy(s.FEISHU_ALLOWED_USERS, s.FEISHU_ALLOWED_CHATS, s.FEISHU_ALLOW_ALL),
-            refusals=RefusalLimiter(),
-            stream_factory=ReplyStream,
+            ctx, bot_open_id=bot_open_id, access=access, refusals=RefusalLimiter()
         )
         self.dispatcher = dispatcher
         if not (s.FEISHU_ALLOW_ALL or s.FEISHU_ALLOWED_USERS or s.FEISHU_ALLOWED_CHATS):
@@ -218,14 +219,14 @@ class Bot:
                 "no one is allowed to use the bot: set FEISHU_ALLOWED_USERS, FEISHU_ALLOWED_CHATS "
                 "or FEISHU_ALLOW_ALL"
             )
-        await self._recover(dispatcher)
+        await conversations.recover()
 
         loop = asyncio.get_running_loop()
         gateway = FeishuGateway(
             app_id=s.FEISHU_APP_ID,
             app_secret=s.FEISHU_APP_SECRET.get_secret_value(),
             domain=s.FEISHU_DOMAIN,
-            on_event=dispatcher.submit,
+            on_event=dispatcher.handle,
             loop=loop,
         )
         self.gateway = gateway
@@ -245,45 +246,6 @@ class Bot:
             s.CLAUDE_TIMEOUT,
         )
 
-    async def _recover(self, dispatcher: Any) -> None:
-        """Finish what a crash left in the journal: re-run queued turns, report running ones."""
-        from feishu_bot.dispatch import INTERRUPTED_TEXT
-        from feishu_bot.events import InboundMessage
-
-        pending = await self.store.pending_turns()
-        if not pending:
-            return
-        running = sum(1 for turn in pending if turn.status == "running")
-        logger.warning(
-            "recovery: {} turns were running when the bot stopped (not re-run, users told), "
-            "{} queued turns run again in order",
-            running,
-            len(pending) - running,
-        )
-        for turn in pending:
-            chat_type, thread_root = _split_key(turn.conversation_key)
-            if turn.status == "running":
-                # Not re-run: it may have called tools and changed files already.
-                await self.store.update_turn(turn.id, status="interrupted", error="bot restarted")
-                try:
-                    await self._ctx.replier.reply_text(
-                        turn.message_id, INTERRUPTED_TEXT, in_thread=bool(turn.reply_in_thread)
-                    )
-                except Exception:
-                    logger.exception("could not tell the user about interrupted turn {}", turn.id)
-                continue
-            msg = InboundMessage(
-                message_id=turn.message_id,
-                chat_id=turn.chat_id,
-                chat_type=chat_type,
-                sender_open_id="",
-                msg_type="text",
-                text=turn.prompt,
-                mentioned_bot=True,
-                thread_root=thread_root,
-            )
-            dispatcher.resume_turn(msg, turn.id)
-
     async def _drain(self) -> None:
         """Graceful stop; see the module docstring for the order. Never raises on a stuck turn."""
         loop = asyncio.get_running_loop()
@@ -291,7 +253,7 @@ class Bot:
         turns = self._ctx.turns
         if self.gateway is not None:
             await self.gateway.stop()
-        self.dispatcher.stop_accepting()
+        self._ctx.conversations.stop_accepting()
         # One loop pass first: a turn task created while the gateway stopped must take its first
         # step (journaling the message) before it is cancelled, or the acked message is lost.
         await asyncio.sleep(0)
@@ -328,6 +290,11 @@ class Bot:
         counters = self.dispatcher.counters if self.dispatcher else None
         return {
             "active": stats.active if stats else 0,
+            "proc_busy": stats.active if stats else 0,
+            "proc_idle": stats.warm_idle if stats else 0,
+            "proc_closing": stats.closing if stats else 0,
+            "evictions": stats.evictions if stats else 0,
+            "cold": stats.cold_starts if stats else 0,
             "queued": stats.queued if stats else 0,
             "max": stats.max_concurrent if stats else 0,
             "retried": stats.retried if stats else 0,
@@ -367,19 +334,21 @@ class Bot:
     def _health_extras(self) -> dict[str, Any]:
         status = self._gateway_status()
         counters = self.dispatcher.counters if self.dispatcher else None
+        stats = self.launcher.stats() if self.launcher else None
+        warm: dict[str, Any] = {}
+        if stats is not None:
+            mode = "off" if not stats.warm else ("degraded" if stats.degraded else "on")
+            warm = {
+                "warm": f"{mode} busy {stats.active} idle {stats.warm_idle}",
+                "evictions": stats.evictions,
+                "cold-starts": stats.cold_starts,
+            }
         return {
+            **warm,
             "ws": "up" if status["connected"] else "down",
             "reconnects": status["reconnects"],
             "dup": counters.duplicates_dropped if counters else 0,
         }
-
-
-def _split_key(key: str) -> tuple[str, str | None]:
-    kind, _, rest = key.partition(":")
-    if kind == "thread":
-        _, _, root = rest.partition(":")
-        return "group", root or None
-    return ("p2p" if kind == "p2p" else "group"), None
 
 
 async def _cancel_and_wait(task: asyncio.Task[Any]) -> None:

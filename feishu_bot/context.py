@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from database.store import SessionStore
     from feishu_bot.claude.launcher import Launcher
     from feishu_bot.config import Settings
+    from feishu_bot.conversations import Conversations
     from feishu_bot.feishu.replier import FeishuReplier
     from feishu_bot.turns import TurnRegistry
 
@@ -33,6 +34,11 @@ class BotContext:
     started_at: float = field(default_factory=time.monotonic)
     gateway_status: Callable[[], dict[str, Any]] = dict
     metrics: BotMetrics = field(default_factory=BotMetrics)
+    conversations: Conversations | None = None  # type: ignore[assignment]
+    # Optional services of the cards and files features (None: rules only / no MCP tools).
+    approvals: Any = None
+    mcp_factory: Any = None
+    kept: Any = None
 
     @property
     def uptime_s(self) -> float:

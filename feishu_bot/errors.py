@@ -63,7 +63,15 @@ class PermanentCliError(ClaudeError):
 
 
 class TransientCliError(ClaudeError):
-    """A failure worth retrying (API error after the CLI's own retries, crash, signal)."""
+    """A failure worth retrying (API error after the CLI's own retries, crash, signal).
+
+    `side_effects` names the tools that already ran in the failed attempt; when it is not
+    empty the turn was deliberately not retried, so nothing runs twice.
+    """
+
+    def __init__(self, message: str = "", *, side_effects: tuple[str, ...] = (), **kw: object):
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.side_effects = side_effects
 
 
 class StaleSession(ClaudeError):

@@ -36,10 +36,21 @@ class _LiveCollector(Collector):
         }
         for name, (doc, value) in gauges.items():
             yield GaugeMetricFamily(name, doc, value=value)
+        processes = GaugeMetricFamily(
+            "feishu_bot_claude_processes", "live claude processes by state", labels=["state"]
+        )
+        for state in ("busy", "idle", "closing"):
+            processes.add_metric([state], snap.get(f"proc_{state}", 0))
+        yield processes
         counters = {
             "feishu_bot_claude_retries": ("attempts retried", snap.get("retried", 0)),
             "feishu_bot_stale_sessions_cleared": ("stale sessions cleared", snap.get("stale", 0)),
             "feishu_bot_websocket_reconnects": ("websocket reconnects", snap.get("reconnects", 0)),
+            "feishu_bot_claude_evictions": (
+                "idle warm processes closed to make room",
+                snap.get("evictions", 0),
+            ),
+            "feishu_bot_claude_cold_starts": ("claude processes started", snap.get("cold", 0)),
             "feishu_bot_duplicate_deliveries_dropped": (
                 "redelivered events dropped",
                 snap.get("duplicates", 0),
@@ -69,6 +80,12 @@ class BotMetrics:
             buckets=_WAIT_BUCKETS,
             registry=self.registry,
         )
+        self.first_text_latency = Histogram(
+            "feishu_bot_first_text_seconds",
+            "time from writing a turn to the first streamed text",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+            registry=self.registry,
+        )
         self._live = _LiveCollector(snapshot)
         self.registry.register(self._live)
 
@@ -83,6 +100,9 @@ class BotMetrics:
 
     def turn_started(self, waited_seconds: float) -> None:
         self.queue_wait.observe(max(0.0, waited_seconds))
+
+    def first_text(self, seconds: float) -> None:
+        self.first_text_latency.observe(max(0.0, seconds))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

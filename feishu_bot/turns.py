@@ -1,7 +1,9 @@
-"""Bookkeeping of running and waiting turns: arrival order per conversation, and cancellation.
+"""Bookkeeping of running and waiting turn tasks, and their cancellation.
 
-`TurnRegistry` owns every turn task the dispatcher starts. It is the only place that knows which
-tasks belong to which conversation, so `/stop` and shutdown cancel through it.
+`TurnRegistry` owns every turn task that `conversations` starts. It is the only place that knows
+which tasks belong to which conversation, so `/stop` and shutdown cancel through it. The order of
+a conversation's turns is the launcher's scheduler's (one FIFO, fixed at arrival), not this
+module's.
 """
 
 from __future__ import annotations
@@ -11,48 +13,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["TurnHandle", "TurnRegistry", "Turnstile"]
-
-
-class Turnstile:
-    """Admits tickets of one conversation strictly in the order they were issued.
-
-    Tickets are issued synchronously on arrival, so order is fixed before any await; a ticket
-    that is dropped (duplicate, cancelled) is released without running and never blocks others.
-    """
-
-    def __init__(self) -> None:
-        self._issued = 0
-        self._serving = 0
-        self._released: set[int] = set()
-        self._changed = asyncio.Condition()
-
-    def ticket(self) -> int:
-        self._issued += 1
-        return self._issued - 1
-
-    @property
-    def waiting(self) -> int:
-        return self._issued - self._serving
-
-    def ahead_of(self, ticket: int) -> int:
-        return max(0, ticket - self._serving - sum(1 for t in self._released if t < ticket))
-
-    async def wait(self, ticket: int) -> None:
-        async with self._changed:
-            await self._changed.wait_for(lambda: self._serving == ticket)
-
-    async def release(self, ticket: int) -> None:
-        self._released.add(ticket)
-        while self._serving in self._released:
-            self._released.discard(self._serving)
-            self._serving += 1
-        async with self._changed:
-            self._changed.notify_all()
-
-    @property
-    def idle(self) -> bool:
-        return self._serving == self._issued
+__all__ = ["TurnHandle", "TurnRegistry"]
 
 
 @dataclass
@@ -61,7 +22,6 @@ class TurnHandle:
 
     conversation_key: str
     message_id: str
-    ticket: int
     task: asyncio.Task[Any] | None = None
     cancel_reason: str | None = None
     running: bool = False
@@ -72,14 +32,12 @@ class TurnRegistry:
     """Owns the tasks of all turns; cancels per conversation or all at once."""
 
     def __init__(self) -> None:
-        self._turnstiles: dict[str, Turnstile] = {}
         self._handles: dict[str, list[TurnHandle]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def admit(self, conversation_key: str, message_id: str) -> TurnHandle:
-        """Issue the next ticket for a conversation; synchronous so arrival order is kept."""
-        stile = self._turnstiles.setdefault(conversation_key, Turnstile())
-        handle = TurnHandle(conversation_key, message_id, stile.ticket())
+        """Register a turn of a conversation (synchronous)."""
+        handle = TurnHandle(conversation_key, message_id)
         self._handles.setdefault(conversation_key, []).append(handle)
         return handle
 
@@ -97,33 +55,26 @@ class TurnRegistry:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def wait_turn(self, handle: TurnHandle) -> None:
-        await self._turnstiles[handle.conversation_key].wait(handle.ticket)
-
-    def position(self, handle: TurnHandle) -> int:
-        """How many turns of the same conversation are ahead of this one."""
-        return self._turnstiles[handle.conversation_key].ahead_of(handle.ticket)
-
     async def finish(self, handle: TurnHandle) -> None:
         key = handle.conversation_key
-        stile = self._turnstiles.get(key)
-        if stile is None:
-            return
-        await stile.release(handle.ticket)
         handles = self._handles.get(key, [])
         if handle in handles:
             handles.remove(handle)
-        if stile.idle and not handles:
-            self._turnstiles.pop(key, None)
+        if not handles:
             self._handles.pop(key, None)
 
     def handles(self, conversation_key: str) -> list[TurnHandle]:
         return list(self._handles.get(conversation_key, []))
 
     def cancel_conversation(self, conversation_key: str, reason: str) -> int:
-        """Cancel the running turn and every waiting turn of one conversation."""
+        """Cancel the running turn and every waiting turn of one conversation.
+
+        A turn already being cancelled is left alone: a second cancel would cut short the
+        journal write and the reply of the first."""
         count = 0
         for handle in self._handles.get(conversation_key, []):
+            if handle.cancel_reason is not None:
+                continue
             if handle.task is not None and not handle.task.done():
                 handle.cancel_reason = reason
                 handle.task.cancel()

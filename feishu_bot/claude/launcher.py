@@ -1,49 +1,40 @@
-"""The launcher: the only owner of Claude CLI processes.
+"""The launcher: the only owner of Claude CLI processes, warm or one per turn.
 
-One turn is one ``claude -p --output-format stream-json --verbose --include-partial-messages``
-run in the conversation's working directory, the prompt written to stdin. The launcher enforces
-a hard cap on live CLI processes, queues the rest in one FIFO, runs one turn at a time per
-conversation, retries what is worth retrying, and kills whole process trees on timeout and on
-cancellation.
+A turn runs in its conversation's warm ``CliSession`` when there is one (no start-up cost),
+else in a new one started with ``--resume <stored session> --fork-session``. With ``warm`` the
+process stays alive after the turn, idle, until its conversation's next turn, until it is the
+least recently used idle process and a turn of another conversation needs the slot, or until
+``idle_timeout``. Without ``warm`` (or while degraded after repeated crashes) it is closed after
+every turn. The cap, the queue and eviction are the scheduler's; what to do after a failure is
+the policy's; process I/O is the session's.
 
 Invariants:
+- Live CLI processes (busy, idle and being closed) never exceed ``max_concurrent``.
+- One turn per conversation at a time, in arrival order.
+- A cancelled ``run()`` (``/stop``, shutdown) interrupts the turn and re-raises CancelledError
+  once the process is either idle again or dead and reaped.
 
-- At no instant are more than ``max_concurrent`` CLI processes alive because of this launcher.
-  A turn holds its slot from the moment it is granted until its last process has been reaped
-  (``wait()`` returned), including the time its tree is being killed and the backoff sleeps
-  between retries.
-- One turn per conversation key at a time, in arrival order; different conversations run in
-  parallel up to the cap.
-- A cancelled ``run()`` (``/stop``, shutdown, ``aclose()``) re-raises ``CancelledError`` only
-  after the process tree is dead and the slot or queue place is freed, whatever stage it was in.
-
-What it does not do: it does not decide what users are told (exceptions carry data; dispatch
-words them), it does not store anything except through ``SessionBinding``, and it never runs a
-shell.
+What it does not do: decide what users are told, or store anything except through
+``SessionBinding``; it never runs a shell.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import random
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from loguru import logger
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    stop_after_attempt,
-)
 
-from feishu_bot.claude.process import die_with_parent, kill_tree, reap_leftovers
-from feishu_bot.claude.protocol import Outcome, StreamParser, Verdict, classify
+from feishu_bot.claude.policy import Action, ResumePoint, backoff, decide
+from feishu_bot.claude.process import child_env
+from feishu_bot.claude.protocol import Outcome, classify
+from feishu_bot.claude.scheduler import Scheduler, Ticket
+from feishu_bot.claude.session import CliSession, TurnAttempt, user_message
 from feishu_bot.claude.transcripts import discard_transcript
 from feishu_bot.errors import (
     CliNotFound,
@@ -53,7 +44,7 @@ from feishu_bot.errors import (
     TurnCancelled,
     TurnTimeout,
 )
-from feishu_bot.events import ClaudeEvent, TurnRequest, TurnResult
+from feishu_bot.events import AskPermission, ClaudeEvent, McpHandler, TurnRequest, TurnResult
 
 if TYPE_CHECKING:
     from feishu_bot.config import Settings
@@ -71,11 +62,9 @@ __all__ = [
 OnEvent = Callable[[ClaudeEvent], Awaitable[None]]
 OnQueued = Callable[[int], Awaitable[None]]
 SleepFn = Callable[[float], Awaitable[None]]
-T = TypeVar("T")
 
-_READ_CHUNK = 256 * 1024
-_STDERR_HEAD = 4 * 1024
-_DRAIN_AFTER_EXIT_S = 2.0
+_DEGRADE_AFTER = 3  # consecutive warm-process failures before one process per turn
+_RECOVER_AFTER = 3  # clean one-shot turns before warm again
 
 
 class SessionBinding(Protocol):
@@ -88,17 +77,14 @@ class SessionBinding(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class LauncherConfig:
-    """How CLI processes are started and limited.
-
-    ``fork_session`` (default True) adds ``--fork-session`` to every ``--resume``: each run then
-    writes to a new session id and the session the turn started from is never modified, which
-    is what makes a retry safe (see ``Launcher._run_turn``). ``extra_env`` pairs are added on
-    top of the bot's own environment.
-    """
+    """How CLI processes are started and limited. ``extra_env`` is added to the child's
+    environment; ``env_drop`` names the bot's own variables the child must not see."""
 
     bin: str
     max_concurrent: int = 5
     queue_max: int = 20
+    conversation_queue_max: int = 5
+    max_per_user: int = 0
     timeout: float = 600.0
     max_retries: int = 2
     retry_delay: float = 2.0
@@ -106,11 +92,16 @@ class LauncherConfig:
     allowed_tools: tuple[str, ...] = ()
     model: str | None = None
     kill_grace: float = 3.0
+    interrupt_grace: float = 5.0
     include_partial: bool = True
     extra_env: tuple[tuple[str, str], ...] = ()
+    env_drop: tuple[str, ...] = ()
     fork_session: bool = True
     max_line_bytes: int = 64 * 1024 * 1024
     stderr_tail_bytes: int = 16 * 1024
+    warm: bool = True
+    idle_timeout: float = 1800.0
+    mcp_config: str | None = None  # JSON for --mcp-config (in-process SDK servers)
 
     def __post_init__(self) -> None:
         if self.max_concurrent < 1:
@@ -127,16 +118,18 @@ class LauncherConfig:
             "bin": settings.CLAUDE_BIN,
             "max_concurrent": settings.CLAUDE_MAX_CONCURRENT,
             "queue_max": settings.CLAUDE_QUEUE_MAX,
+            "conversation_queue_max": settings.CLAUDE_CONVERSATION_QUEUE_MAX,
+            "max_per_user": settings.CLAUDE_MAX_PER_USER,
             "timeout": settings.CLAUDE_TIMEOUT,
             "max_retries": settings.CLAUDE_MAX_RETRIES,
             "retry_delay": settings.CLAUDE_RETRY_DELAY,
             "permission_mode": settings.CLAUDE_PERMISSION_MODE or None,
             "allowed_tools": tuple(settings.allowed_tools),
             "model": settings.CLAUDE_MODEL or None,
+            "warm": settings.CLAUDE_WARM,
+            "idle_timeout": settings.CLAUDE_IDLE_TIMEOUT,
+            "env_drop": tuple(type(settings).model_fields),
         }
-        grace = getattr(settings, "CLAUDE_KILL_GRACE", None)
-        if grace is not None:
-            values["kill_grace"] = float(grace)
         values.update(overrides)
         return cls(**values)
 
@@ -151,12 +144,10 @@ class RunningTurn(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class LauncherStats:
-    """A consistent snapshot of the launcher; counters are cumulative since start.
+    """A consistent snapshot; counters are cumulative since start.
 
-    ``ok`` turns returned a result; ``failed`` raised a ClaudeError (timeouts included, also
-    counted in ``timeouts``); ``cancelled`` were stopped; ``rejected`` got QueueFull;
-    ``retried`` counts transient retries (attempts after the first), ``stale_cleared`` stale
-    sessions dropped.
+    ``active`` turns hold a process; ``warm_idle`` processes wait for their conversation;
+    ``cold_starts`` counts processes started, ``evictions`` idle ones closed to make room.
     """
 
     active: int
@@ -172,439 +163,364 @@ class LauncherStats:
     queue_max: int = 0
     cancelled: int = 0
     rejected: int = 0
-
-
-class _Ticket:
-    """One turn's place: waiting in the queue, then holding a slot."""
-
-    __slots__ = ("attempt_started", "changed", "enqueued_at", "granted", "key")
-
-    def __init__(self, key: str, now: float) -> None:
-        self.key = key
-        self.enqueued_at = now
-        self.granted = False
-        self.changed = asyncio.Event()
-        self.attempt_started: float | None = None
-
-
-@dataclass(slots=True)
-class _Attempt:
-    """What one CLI run produced."""
-
-    verdict: Verdict
-    parser: StreamParser
-    exit_code: int | None
-    stderr_tail: str
-    wall_s: float
-
-
-class _Retry(Exception):
-    """Internal: a transient failure that may be retried (wraps the public error)."""
-
-    def __init__(self, error: TransientCliError) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-class _TailBuffer:
-    """Keeps the first few KiB and the last ``limit`` bytes of a stream."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.head = bytearray()
-        self.tail = bytearray()
-        self.total = 0
-
-    def add(self, chunk: bytes) -> None:
-        self.total += len(chunk)
-        room = _STDERR_HEAD - len(self.head)
-        if room > 0:
-            self.head += chunk[:room]
-            chunk = chunk[room:]
-        if chunk:
-            self.tail += chunk
-            if len(self.tail) > self.limit:
-                del self.tail[: len(self.tail) - self.limit]
-
-    def text(self) -> str:
-        head = self.head.decode("utf-8", "replace")
-        tail = self.tail.decode("utf-8", "replace")
-        skipped = self.total - len(self.head) - len(self.tail)
-        if skipped > 0:
-            return f"{head}\n[... {skipped} bytes ...]\n{tail}"
-        return head + tail
-
-
-async def _run_to_completion(aw: Coroutine[Any, Any, T]) -> T:
-    """Await ``aw`` to its end even if the caller is cancelled meanwhile; re-raise after.
-
-    Used for killing and reaping: a second /stop or a shutdown must not leave a half-killed
-    tree behind or free a slot before ``wait()`` returned.
-    """
-    task = asyncio.ensure_future(aw)
-    interrupted = False
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.done():
-                break
-            interrupted = True
-    if interrupted:
-        raise asyncio.CancelledError
-    return task.result()
+    warm_idle: int = 0
+    closing: int = 0
+    evictions: int = 0
+    cold_starts: int = 0
+    died_idle: int = 0
+    degraded: bool = False
+    warm: bool = True
 
 
 class Launcher:
-    """Runs Claude turns under a global cap with one FIFO queue.
-
-    Queueing rule: every turn that cannot start at once waits in ONE FIFO list of at most
-    ``queue_max`` turns, whether it waits for a free slot or for the previous turn of its own
-    conversation. When a slot frees, the oldest waiting turn whose conversation is idle (and
-    has no older turn waiting) starts. A waiting turn's position is its 1-based place in that
-    list (so a turn blocked only by its own conversation still counts, and still holds a place
-    in ``queue_max``); it is reported through ``on_queued`` when the turn starts waiting and
-    whenever it changes. A turn arriving when the list is full gets ``QueueFull`` at once.
-    """
+    """Runs Claude turns under the cap; see the module docstring."""
 
     def __init__(
-        self,
-        config: LauncherConfig,
-        sessions: SessionBinding,
-        *,
-        sleep: SleepFn | None = None,
+        self, config: LauncherConfig, sessions: SessionBinding, *, sleep: SleepFn | None = None
     ) -> None:
         self._cfg = config
         self._sessions = sessions
         self._sleep: SleepFn = sleep or asyncio.sleep
-        self._waiting: list[_Ticket] = []
-        self._running: list[_Ticket] = []
-        self._busy_keys: set[str] = set()
+        self._sched = Scheduler(
+            config.max_concurrent,
+            config.queue_max,
+            per_conversation_max=config.conversation_queue_max,
+            per_user_max=config.max_per_user,
+        )
+        self._live: dict[str, CliSession] = {}  # conversation key -> its process
+        self._retire: set[str] = set()  # close after the running turn (/new during a turn)
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._closers: set[asyncio.Task[None]] = set()
+        self._attempt_started: dict[Ticket, float] = {}
         self._inside: set[asyncio.Task[Any]] = set()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._idle_event = asyncio.Event()
+        self._idle_event.set()
         self._closed = False
-        self._ok = 0
-        self._failed = 0
-        self._retried = 0
-        self._stale_cleared = 0
-        self._timeouts = 0
-        self._cancelled = 0
-        self._rejected = 0
+        self._failures_in_row = 0
+        self._clean_oneshots = 0
+        self._degraded = False
+        self.default_mcp: McpHandler | None = None
+        self._n = dict.fromkeys(
+            ("ok", "failed", "retried", "stale", "timeouts", "cancelled", "rejected", "cold",
+             "died_idle"), 0,
+        )
 
     @property
     def config(self) -> LauncherConfig:
         return self._cfg
 
     # ------------------------------------------------------------------ public API
+    def reserve(self, key: str, user: str = "") -> Ticket:
+        """Fix a turn's place now (synchronously); QueueFull when the queues are full."""
+        if self._closed:
+            raise TurnCancelled("launcher closed")
+        try:
+            return self._sched.reserve(key, user)
+        except QueueFull:
+            self._n["rejected"] += 1
+            raise
+
+    def cancel_reservation(self, ticket: Ticket) -> None:
+        self._sched.release(ticket)
+
     async def run(
         self,
         req: TurnRequest,
         *,
         on_event: OnEvent | None = None,
         on_queued: OnQueued | None = None,
+        ask_permission: AskPermission | None = None,
+        mcp: McpHandler | None = None,
+        ticket: Ticket | None = None,
     ) -> TurnResult:
-        """Run one turn and return its result; see the module and class docs for the rules.
+        """Run one turn and return its result.
 
-        ``on_event`` is awaited for every parsed event, in order ("init" after the new session
-        id was saved through ``set_session``, "text" with the accumulated text so far, "tool",
-        "api_retry", "result"); a retried or stale-reset turn starts over with a new "init",
-        and its text restarts. ``on_queued(position)`` is awaited when the turn has to wait.
-        Exceptions raised by the callbacks are logged and do not stop the turn; keep them quick,
-        the CLI's output is read between them.
+        ``on_event`` gets every parsed event in order ("init" after a new session id was saved,
+        "text" with the text so far, "tool", "api_retry", "result"); a retried turn starts over
+        with a new "init". ``on_queued(position)`` is awaited while the turn waits.
+        ``ask_permission`` answers the CLI's tool permission requests (deny when None); ``mcp``
+        serves the in-process MCP servers for this turn.
 
-        Raises QueueFull (at once), CliNotFound, PermanentCliError, TransientCliError (retries
-        exhausted), TurnTimeout, TurnCancelled (launcher closed); CancelledError propagates
-        once the process tree is dead.
+        Raises QueueFull, CliNotFound, PermanentCliError, TransientCliError, TurnTimeout,
+        TurnCancelled (launcher closed); CancelledError once the turn is stopped.
         """
-        if self._closed:
-            raise TurnCancelled("launcher closed")
-        try:
-            ticket = self._enqueue(req.conversation_key)
-        except QueueFull:
-            self._rejected += 1
-            raise
+        if ticket is None:
+            ticket = self.reserve(req.conversation_key, req.user_id)
         task = asyncio.current_task()
         if task is not None:
             self._inside.add(task)
-            self._idle.clear()
+            self._idle_event.clear()
         try:
-            if not ticket.granted:
-                await self._wait_for_slot(ticket, on_queued)
-            try:
-                with logger.contextualize(conversation=req.conversation_key):
-                    result = await self._run_turn(req, ticket, on_event)
-            finally:
-                self._release(ticket)
+            await self._sched.wait(ticket, on_queued)
+            with logger.contextualize(conversation=req.conversation_key):
+                result = await self._run_turn(req, ticket, on_event, ask_permission, mcp)
         except asyncio.CancelledError:
-            self._cancelled += 1
+            self._n["cancelled"] += 1
             raise
         except TurnTimeout:
-            self._timeouts += 1
-            self._failed += 1
+            self._n["timeouts"] += 1
+            self._n["failed"] += 1
             raise
         except Exception:
-            self._failed += 1
+            self._n["failed"] += 1
             raise
         finally:
             if task is not None:
                 self._inside.discard(task)
                 if not self._inside:
-                    self._idle.set()
-        self._ok += 1
+                    self._idle_event.set()
+        self._n["ok"] += 1
         return result
 
     def queue_position(self, key: str) -> int | None:
-        """1-based position of the conversation's first waiting turn, None if none waits."""
-        for index, ticket in enumerate(self._waiting):
-            if ticket.key == key:
-                return index + 1
-        return None
+        return self._sched.queue_position(key)
+
+    def is_warm(self, key: str) -> bool:
+        session = self._live.get(key)
+        return session is not None and session.alive
+
+    async def close_session(self, key: str) -> bool:
+        """Close the conversation's process (``/new``, ``/cd``, ``/model``, ``/resume``): now
+        if idle, after its running turn otherwise. True if there was one."""
+        session = self._live.get(key)
+        if session is None:
+            return False
+        if self._sched.is_idle(key):
+            await self._close_idle(key, "closed by a command")
+        else:
+            self._retire.add(key)
+        return True
 
     def stats(self) -> LauncherStats:
         now = time.monotonic()
-        oldest = max((now - t.enqueued_at for t in self._waiting), default=0.0)
+        s = self._sched.stats()
         running = tuple(
-            RunningTurn(
-                t.key,
-                round(now - t.attempt_started, 3) if t.attempt_started is not None else 0.0,
-                self._cfg.timeout,
-            )
-            for t in self._running
+            RunningTurn(t.key, round(now - started, 3), self._cfg.timeout)
+            for t, started in self._attempt_started.items()
         )
         return LauncherStats(
-            active=len(self._running),
-            max_concurrent=self._cfg.max_concurrent,
-            queued=len(self._waiting),
-            oldest_wait_s=round(oldest, 3),
-            ok=self._ok,
-            failed=self._failed,
-            retried=self._retried,
-            stale_cleared=self._stale_cleared,
-            timeouts=self._timeouts,
+            active=s.running,
+            max_concurrent=s.max_live,
+            queued=s.queued,
+            oldest_wait_s=s.oldest_wait_s,
+            ok=self._n["ok"],
+            failed=self._n["failed"],
+            retried=self._n["retried"],
+            stale_cleared=self._n["stale"],
+            timeouts=self._n["timeouts"],
             running=running,
-            queue_max=self._cfg.queue_max,
-            cancelled=self._cancelled,
-            rejected=self._rejected,
+            queue_max=s.queue_max,
+            cancelled=self._n["cancelled"],
+            rejected=self._n["rejected"],
+            warm_idle=s.idle,
+            closing=s.closing,
+            evictions=s.evictions,
+            cold_starts=self._n["cold"],
+            died_idle=self._n["died_idle"],
+            degraded=self._degraded,
+            warm=self._cfg.warm,
         )
 
     async def aclose(self, timeout: float | None = None) -> None:
-        """Refuse new turns, cancel every turn inside ``run()`` and wait until all are out.
-
-        The cancelled callers see CancelledError, after their process trees are dead. Waits at
-        most ``timeout`` seconds (default: kill_grace + 10 s).
-        """
+        """Refuse new turns, stop every running one, close every idle process; all reaped."""
         self._closed = True
         for task in list(self._inside):
             task.cancel()
-        limit = self._cfg.kill_grace + 10.0 if timeout is None else timeout
+        limit = self._cfg.kill_grace + self._cfg.interrupt_grace + 10.0 if timeout is None else (
+            timeout
+        )
         try:
-            await asyncio.wait_for(self._idle.wait(), limit)
+            await asyncio.wait_for(self._idle_event.wait(), limit)
         except TimeoutError:
             logger.error("launcher closed with {} turns still stopping", len(self._inside))
-
-    # ------------------------------------------------------------------ scheduling
-    def _enqueue(self, key: str) -> _Ticket:
-        ticket = _Ticket(key, time.monotonic())
-        free = len(self._running) < self._cfg.max_concurrent
-        if free and key not in self._busy_keys and all(t.key != key for t in self._waiting):
-            # Whenever a slot is free, _dispatch has already started every waiting turn that
-            # could start, so starting this one now does not overtake anyone eligible.
-            self._grant(ticket)
-            return ticket
-        if len(self._waiting) >= self._cfg.queue_max:
-            logger.warning(
-                "queue full: {}/{} running, {} queued",
-                len(self._running),
-                self._cfg.max_concurrent,
-                len(self._waiting),
-            )
-            raise QueueFull(len(self._running), self._cfg.max_concurrent, len(self._waiting))
-        self._waiting.append(ticket)
-        return ticket
-
-    async def _wait_for_slot(self, ticket: _Ticket, on_queued: OnQueued | None) -> None:
-        reported: int | None = None
-        try:
-            while not ticket.granted:
-                position = self._waiting.index(ticket) + 1
-                if position != reported:
-                    reported = position
-                    logger.debug("turn of {} queued at {}", ticket.key, position)
-                    if on_queued is not None:
-                        await self._callback(on_queued, position)
-                    continue  # re-check: the position or the grant may have changed meanwhile
-                ticket.changed.clear()
-                await ticket.changed.wait()
-        except BaseException:
-            if ticket.granted:
-                self._release(ticket)
-            else:
-                self._waiting.remove(ticket)
-                self._dispatch()
-            raise
-
-    def _grant(self, ticket: _Ticket) -> None:
-        ticket.granted = True
-        self._running.append(ticket)
-        self._busy_keys.add(ticket.key)
-        ticket.changed.set()
-
-    def _release(self, ticket: _Ticket) -> None:
-        if ticket in self._running:
-            self._running.remove(ticket)
-            self._busy_keys.discard(ticket.key)
-            self._dispatch()
-
-    def _dispatch(self) -> None:
-        """Start the oldest eligible waiting turns while slots are free; wake the rest."""
-        blocked = set(self._busy_keys)
-        for ticket in list(self._waiting):
-            if len(self._running) >= self._cfg.max_concurrent:
-                break
-            if ticket.key in blocked:
-                continue
-            blocked.add(ticket.key)
-            self._waiting.remove(ticket)
-            self._grant(ticket)
-        for ticket in self._waiting:
-            ticket.changed.set()
-
-    async def _callback(self, fn: Callable[[Any], Awaitable[None]], arg: Any) -> None:
-        try:
-            await fn(arg)
-        except Exception:
-            logger.exception("launcher callback {} failed", getattr(fn, "__name__", fn))
+        for key in self._sched.idle_keys():
+            await self._close_idle(key, "shutdown")
+        if self._closers:
+            await asyncio.gather(*self._closers, return_exceptions=True)
+        await self._sched.aclose()
+        for session in list(self._live.values()):
+            await session.close()
 
     # ------------------------------------------------------------------ one turn
     async def _run_turn(
-        self, req: TurnRequest, ticket: _Ticket, on_event: OnEvent | None
-    ) -> TurnResult:
-        """All attempts of one turn.
-
-        Retry policy and why a retry cannot repeat the user's message in the session:
-        every attempt starts from the same base, the session the turn began with (or a fresh
-        session). The CLI writes the prompt into the session it runs in before it calls the
-        API (measured on 2.1.329), and ``--resume X`` keeps id X and appends to it; so a failed
-        attempt leaves the prompt behind in whatever session it ran in. With ``fork_session``
-        every resumed attempt runs in a new forked id and the base stays untouched, and a fresh
-        attempt runs in a new id anyway; the retry resumes the base again (never the failed
-        attempt's session, even though its id was already saved from ``init``), so the prompt
-        appears once. Without ``fork_session`` a resumed attempt that failed after ``init`` is
-        not retried, because the base already holds the prompt.
-
-        Stale session: the binding is cleared and the turn is retried at once without
-        ``--resume``, once; that extra attempt is not counted against ``max_retries``.
-        """
-        cfg = self._cfg
-        key = req.conversation_key
-        base = req.session_id
-        stale_reset = False
-        attempts = 0
-        started = time.monotonic()
-
-        def before_sleep(state: RetryCallState) -> None:
-            self._retried += 1
-            delay = state.next_action.sleep if state.next_action else 0.0
-            exc = state.outcome.exception() if state.outcome else None
-            logger.warning(
-                "claude attempt {} failed ({}); retrying in {:.2f}s", attempts, exc, delay
-            )
-
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(cfg.max_retries + 1),
-            wait=self._backoff,
-            retry=retry_if_exception_type(_Retry),
-            sleep=self._sleep,
-            before_sleep=before_sleep,
-            reraise=True,
-        )
-        try:
-            async for attempt_state in retrying:
-                with attempt_state:
-                    attempts += 1
-                    outcome = await self._attempt(req, base, ticket, on_event, attempts)
-                    if outcome.verdict.outcome is Outcome.STALE and base is not None:
-                        logger.warning("session {} is stale; starting a fresh session", base)
-                        await self._sessions.clear_session(key)
-                        self._stale_cleared += 1
-                        stale_reset = True
-                        base = None
-                        attempts += 1
-                        outcome = await self._attempt(req, base, ticket, on_event, attempts)
-                    result = self._judge(outcome, base, attempts, stale_reset, started)
-                    if base and cfg.fork_session and result.session_id not in (None, base):
-                        # the fork is a full copy: the parent transcript is dead weight now
-                        await discard_transcript(base, {**os.environ, **dict(cfg.extra_env)})
-                    return result
-        except _Retry as exc:
-            raise exc.error from None
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _backoff(self, state: RetryCallState) -> float:
-        """Delay before retry k (k = 0, 1, ...): retry_delay * 2**k plus up to retry_delay."""
-        delay = self._cfg.retry_delay
-        return delay * 2 ** (state.attempt_number - 1) + random.uniform(0, delay)
-
-    def _judge(
         self,
-        outcome: _Attempt,
-        base: str | None,
+        req: TurnRequest,
+        ticket: Ticket,
+        on_event: OnEvent | None,
+        ask: AskPermission | None,
+        mcp: McpHandler | None,
+    ) -> TurnResult:
+        key = req.conversation_key
+        self._cancel_timer(key)
+        session = self._live.get(key) if ticket.reused else None
+        spawned_from = ResumePoint(req.session_id)
+        started = time.monotonic()
+        attempts = 0
+        stale_reset = False
+        saved = [req.session_id]
+
+        async def events(event: ClaudeEvent) -> None:
+            if event.kind == "init" and event.session_id and event.session_id != saved[0]:
+                saved[0] = event.session_id
+                try:
+                    await self._sessions.set_session(key, event.session_id)
+                except Exception:
+                    logger.exception("could not save session {}", event.session_id)
+            if on_event is not None:
+                await on_event(event)
+
+        try:
+            while True:
+                attempts += 1
+                if session is None or not session.alive:
+                    session = await self._spawn(req, spawned_from, attempts)
+                    fresh = True
+                else:
+                    fresh = session.turns_done == 0
+                    spawned_from = ResumePoint(session.session_id)
+                before = (session.session_id, session.last_assistant_uuid)
+                self._attempt_started[ticket] = time.monotonic()
+                try:
+                    att = await session.run_turn(
+                        user_message(req.prompt, req.content),
+                        timeout=self._cfg.timeout,
+                        on_event=events,
+                        ask_permission=ask,
+                        mcp=mcp,
+                    )
+                finally:
+                    self._attempt_started.pop(ticket, None)
+                self._note_health(att)
+                if att.timed_out:
+                    raise TurnTimeout(
+                        f"no result within {self._cfg.timeout:g}s",
+                        stderr_tail=att.stderr_tail,
+                        attempts=attempts,
+                        partial_text=att.parser.text,
+                    )
+                verdict = classify(
+                    exit_code=att.exit_code if att.died else None,
+                    result=att.parser.result,
+                    stderr=att.stderr_tail,
+                )
+                if verdict.outcome is Outcome.OK:
+                    return await self._success(
+                        att, req, attempts, stale_reset, started, fresh, spawned_from
+                    )
+                logger.warning("claude attempt {} failed: {}", attempts, verdict.reason)
+                step = decide(
+                    verdict,
+                    attempts=attempts,
+                    max_retries=self._cfg.max_retries,
+                    process_alive=session.alive,
+                    side_effects=tuple(att.side_effects),
+                    stale_reset_done=stale_reset,
+                    spawned_from=spawned_from,
+                    first_turn_of_process=fresh,
+                    session_before=before[0],
+                    uuid_before=before[1],
+                )
+                if step.action is Action.START_FRESH:
+                    logger.warning("session {} is stale; starting a fresh session", req.session_id)
+                    await self._sessions.clear_session(key)
+                    self._n["stale"] += 1
+                    stale_reset = True
+                    spawned_from = ResumePoint()
+                    saved[0] = None
+                    attempts -= 1  # the stale attempt does not count against the retries
+                    continue
+                if step.action is Action.GIVE_UP:
+                    raise self._error(verdict.reason, att, attempts, step.reason)
+                self._n["retried"] += 1
+                delay = backoff(self._cfg.retry_delay, attempts)
+                logger.warning("retrying in {:.2f}s ({})", delay, step.action.value)
+                await self._sleep(delay)
+                if step.action is Action.RETRY_NEW:
+                    if session.alive:
+                        await session.close()
+                    session = None
+                    spawned_from = step.resume or ResumePoint()
+        finally:
+            await self._after_turn(key, ticket, session)
+
+    async def _success(
+        self,
+        att: TurnAttempt,
+        req: TurnRequest,
         attempts: int,
         stale_reset: bool,
         started: float,
+        fresh: bool,
+        spawned_from: ResumePoint,
     ) -> TurnResult:
-        verdict = outcome.verdict
-        parser = outcome.parser
-        result = parser.result
-        errors = result.errors if result else ()
-        details = {
-            "exit_code": outcome.exit_code,
-            "stderr_tail": outcome.stderr_tail,
-            "result_errors": errors,
-            "attempts": attempts,
-            "partial_text": parser.text,
-        }
-        if verdict.outcome is Outcome.OK:
-            assert result is not None
-            return TurnResult(
-                text=result.text or parser.text,
-                session_id=parser.session_id or result.session_id,
-                is_error=False,
-                subtype=result.subtype,
-                errors=errors,
-                cost_usd=result.cost_usd,
-                duration_ms=result.duration_ms,
-                num_turns=result.num_turns,
-                attempts=attempts,
-                exit_code=outcome.exit_code,
-                stale_session_reset=stale_reset,
-                extra={
-                    "streamed_text": parser.text,
-                    "terminal_reason": result.terminal_reason,
-                    "permission_denials": result.permission_denials,
-                    "tools": tuple(parser.tools_used),
-                    "api_retries": parser.api_retries,
-                    "wall_ms": int((time.monotonic() - started) * 1000),
-                },
-            )
-        if verdict.outcome is Outcome.TRANSIENT:
-            error = TransientCliError(verdict.reason, **details)
-            if base is not None and not self._cfg.fork_session and parser.init_seen:
-                # The base session already holds this prompt; resuming it again would show
-                # the model the user's message twice.
-                raise error
-            raise _Retry(error)
-        # PERMANENT, or STALE without --resume / a second time: retrying cannot help.
-        raise PermanentCliError(verdict.reason, **details)
+        result = att.parser.result
+        assert result is not None
+        session_id = att.parser.session_id or result.session_id
+        base = spawned_from.session_id
+        if fresh and base and self._cfg.fork_session and session_id not in (None, base):
+            # the fork is a full copy: the parent transcript is dead weight now
+            await discard_transcript(base, self._env())
+        return TurnResult(
+            text=result.text or att.parser.text,
+            session_id=session_id,
+            is_error=False,
+            subtype=result.subtype,
+            errors=result.errors,
+            cost_usd=result.cost_usd,
+            duration_ms=result.duration_ms,
+            num_turns=result.num_turns,
+            attempts=attempts,
+            exit_code=att.exit_code,
+            stale_session_reset=stale_reset,
+            extra={
+                "streamed_text": att.parser.text,
+                "terminal_reason": result.terminal_reason,
+                "permission_denials": result.permission_denials,
+                "tools": tuple(att.parser.tools_used),
+                "api_retries": att.parser.api_retries,
+                "wall_ms": int((time.monotonic() - started) * 1000),
+                "first_text_s": att.first_text_s,
+                "warm": not fresh,
+            },
+        )
 
-    def _argv(self, req: TurnRequest, resume: str | None) -> list[str]:
+    def _error(self, reason: str, att: TurnAttempt, attempts: int, why: str) -> Exception:
+        result = att.parser.result
+        details: dict[str, Any] = {
+            "exit_code": att.exit_code,
+            "stderr_tail": att.stderr_tail,
+            "result_errors": result.errors if result else (),
+            "attempts": attempts,
+            "partial_text": att.parser.text,
+        }
+        verdict = classify(
+            exit_code=att.exit_code if att.died else None, result=result, stderr=att.stderr_tail
+        )
+        if verdict.outcome is Outcome.TRANSIENT:
+            return TransientCliError(
+                reason,
+                side_effects=tuple(dict.fromkeys(att.side_effects)) if why == "side effects"
+                else (),
+                **details,
+            )
+        return PermanentCliError(reason, **details)
+
+    # ------------------------------------------------------------------ processes
+    def _env(self) -> dict[str, str]:
+        return child_env(os.environ, self._cfg.extra_env, self._cfg.env_drop)
+
+    def _argv(self, req: TurnRequest, resume: ResumePoint) -> list[str]:
         cfg = self._cfg
-        argv = [cfg.bin, "-p", "--output-format", "stream-json", "--verbose"]
+        argv = [
+            cfg.bin, "--input-format", "stream-json", "--output-format", "stream-json",
+            "--verbose", "--permission-prompt-tool", "stdio",
+        ]
         if cfg.include_partial:
             argv.append("--include-partial-messages")
-        if resume:
-            argv += ["--resume", resume]
+        if resume.session_id:
+            argv += ["--resume", resume.session_id]
+            if resume.at_uuid:
+                argv += ["--resume-session-at", resume.at_uuid]
             if cfg.fork_session:
                 argv.append("--fork-session")
         if cfg.permission_mode:
@@ -612,212 +528,132 @@ class Launcher:
         if cfg.allowed_tools:
             # One comma-joined value: the option is variadic and would swallow later words.
             argv += ["--allowedTools", ",".join(cfg.allowed_tools)]
+        if cfg.mcp_config:
+            argv += ["--mcp-config", cfg.mcp_config]
         model = req.model or cfg.model
         if model:
             argv += ["--model", model]
         return argv
 
-    async def _attempt(
-        self,
-        req: TurnRequest,
-        resume: str | None,
-        ticket: _Ticket,
-        on_event: OnEvent | None,
-        number: int,
-    ) -> _Attempt:
-        """One CLI run: spawn, feed stdin, stream stdout, drain stderr, reap. Never leaks."""
-        cfg = self._cfg
+    async def _spawn(self, req: TurnRequest, resume: ResumePoint, attempt: int) -> CliSession:
         workdir = Path(req.workdir)
         if not workdir.is_dir():
             raise PermanentCliError(f"working directory {workdir} does not exist")
-        argv = self._argv(req, resume)
-        env = {**os.environ, **dict(cfg.extra_env)}
-        parser = StreamParser()
-        stderr = _TailBuffer(cfg.stderr_tail_bytes)
-        started = time.monotonic()
-        ticket.attempt_started = started
+        session = CliSession(
+            req.conversation_key,
+            self._argv(req, resume),
+            cwd=workdir,
+            env=self._env(),
+            kill_grace=self._cfg.kill_grace,
+            interrupt_grace=self._cfg.interrupt_grace,
+            max_line_bytes=self._cfg.max_line_bytes,
+            stderr_tail_bytes=self._cfg.stderr_tail_bytes,
+            on_exit=self._on_exit,
+        )
+        session.default_mcp = self.default_mcp
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                cwd=workdir,
-                env=env,
-                start_new_session=True,
-                preexec_fn=die_with_parent(),
-            )
+            await session.start()
         except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
-            ticket.attempt_started = None
-            raise CliNotFound(f"{cfg.bin}: {exc.strerror or exc}", attempts=number) from exc
-        # (A cancellation while create_subprocess_exec awaits is handled by asyncio itself: it
-        # kills and reaps the half-started child before re-raising.)
+            raise CliNotFound(f"{self._cfg.bin}: {exc.strerror or exc}", attempts=attempt) from exc
+        self._n["cold"] += 1
         logger.info(
-            "claude started pid={} attempt={} resume={}{}",
-            proc.pid,
-            number,
-            resume or "-",
-            " (fork)" if resume and cfg.fork_session else "",
+            "claude session pid={} attempt={} resume={}{}",
+            session.pid, attempt, resume.session_id or "-",
+            f" at {resume.at_uuid}" if resume.at_uuid else "",
         )
-        stdin_task = asyncio.create_task(self._feed_stdin(proc, req.prompt.encode("utf-8")))
-        stderr_task = asyncio.create_task(self._drain(proc.stderr, stderr))
-        reader = asyncio.create_task(
-            self._read_stdout(proc.stdout, parser, req.conversation_key, resume, on_event)
-        )
-        timer = asyncio.timeout(cfg.timeout)
-        timed_out = False
-        try:
-            try:
-                async with timer:
-                    await self._until_exit(proc, reader, stderr_task)
-            except TimeoutError:
-                if not timer.expired():
-                    raise
-                timed_out = True
-        finally:
-            await _run_to_completion(self._cleanup(proc, reader, stdin_task, stderr_task))
-            ticket.attempt_started = None
-        wall = time.monotonic() - started
-        tail = stderr.text()
-        if timed_out:
-            logger.warning("claude pid={} killed after the {:g}s timeout", proc.pid, cfg.timeout)
-            raise TurnTimeout(
-                f"no result within {cfg.timeout:g}s",
-                exit_code=proc.returncode,
-                stderr_tail=tail,
-                attempts=number,
-                partial_text=parser.text,
-            )
-        verdict = classify(exit_code=proc.returncode, result=parser.result, stderr=tail)
-        logger.info(
-            "claude exited pid={} code={} {} ({}) in {:.2f}s",
-            proc.pid,
-            proc.returncode,
-            verdict.outcome.value,
-            verdict.reason,
-            wall,
-        )
-        return _Attempt(verdict, parser, proc.returncode, tail, wall)
+        self._live[req.conversation_key] = session
+        return session
 
-    async def _until_exit(
-        self,
-        proc: asyncio.subprocess.Process,
-        reader: asyncio.Task[None],
-        stderr_task: asyncio.Task[None],
-    ) -> None:
-        """Wait for stdout EOF and the exit; tolerate a grandchild holding the pipes open."""
-        waiter = asyncio.ensure_future(proc.wait())
-        try:
-            done, _ = await asyncio.wait({reader, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            if reader in done:
-                reader.result()
-                await waiter
-            else:
-                # The CLI is gone; its output is complete unless something it started still
-                # holds the pipe, so stop waiting for EOF after a short while.
-                await asyncio.wait({reader}, timeout=_DRAIN_AFTER_EXIT_S)
-                if reader.done():
-                    reader.result()
-            await asyncio.wait({stderr_task}, timeout=_DRAIN_AFTER_EXIT_S)
-        finally:
-            if not waiter.done():
-                waiter.cancel()
-
-    async def _cleanup(
-        self,
-        proc: asyncio.subprocess.Process,
-        reader: asyncio.Task[None],
-        stdin_task: asyncio.Task[None],
-        stderr_task: asyncio.Task[None],
-    ) -> None:
-        if proc.returncode is None:
-            report = await kill_tree(proc, grace=self._cfg.kill_grace)
-            logger.info(
-                "killed claude pid={} tree: {} processes, {} needed SIGKILL, exit {}",
-                report.pid,
-                report.seen,
-                report.killed,
-                report.returncode,
-            )
-        else:
-            await reap_leftovers(proc, grace=min(1.0, self._cfg.kill_grace))
-        for task in (reader, stdin_task, stderr_task):
-            if not task.done():
-                task.cancel()
-        results = await asyncio.gather(reader, stdin_task, stderr_task, return_exceptions=True)
-        for res in results:
-            if isinstance(res, Exception):
-                logger.opt(exception=res).error("launcher I/O task failed")
-
-    async def _feed_stdin(self, proc: asyncio.subprocess.Process, data: bytes) -> None:
-        stdin = proc.stdin
-        assert stdin is not None
-        try:
-            if data:
-                stdin.write(data)
-                await stdin.drain()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the CLI exited before reading everything (e.g. a stale --resume)
-        finally:
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError, OSError):
-                stdin.close()
-                await stdin.wait_closed()
-
-    async def _drain(self, stream: asyncio.StreamReader | None, sink: _TailBuffer) -> None:
-        if stream is None:
+    def _on_exit(self, session: CliSession) -> None:
+        key = session.key
+        if self._live.get(key) is not session:
             return
-        while chunk := await stream.read(_READ_CHUNK):
-            sink.add(chunk)
+        if self._sched.is_idle(key):
+            # Died while idle: free its slot now; the next turn resumes in a new process.
+            logger.warning("idle claude session of {} exited by itself", key)
+            self._n["died_idle"] += 1
+            self._count_failure()
+            del self._live[key]
+            self._cancel_timer(key)
+            self._sched.idle_died(key)
 
-    async def _read_stdout(
-        self,
-        stream: asyncio.StreamReader | None,
-        parser: StreamParser,
-        key: str,
-        resume: str | None,
-        on_event: OnEvent | None,
-    ) -> None:
-        """Split stdout into lines by hand: lines of many MB are normal (tool results)."""
-        if stream is None:
+    def _note_health(self, att: TurnAttempt) -> None:
+        if att.died and not att.stopped:
+            self._count_failure()
+        elif not att.died:
+            self._failures_in_row = 0
+            if self._degraded:
+                self._clean_oneshots += 1
+                if self._clean_oneshots >= _RECOVER_AFTER:
+                    self._degraded = False
+                    logger.info("claude processes work again: back to warm sessions")
+
+    def _count_failure(self) -> None:
+        self._failures_in_row += 1
+        self._clean_oneshots = 0
+        if self._cfg.warm and not self._degraded and self._failures_in_row >= _DEGRADE_AFTER:
+            self._degraded = True
+            logger.warning(
+                "claude processes crashed {} times in a row: one process per turn until they "
+                "work again", self._failures_in_row,
+            )
+
+    async def _after_turn(self, key: str, ticket: Ticket, session: CliSession | None) -> None:
+        keep = (
+            session is not None
+            and session.alive
+            and self._cfg.warm
+            and not self._degraded
+            and not self._closed
+            and key not in self._retire
+        )
+        self._retire.discard(key)
+        if keep:
+            assert session is not None
+            self._sched.release(
+                ticket, idle_close=lambda: self._close_session(key, "evicted", session)
+            )
+            self._timers[key] = asyncio.get_running_loop().call_later(
+                self._cfg.idle_timeout, self._idle_expired, key
+            )
             return
-        limit = self._cfg.max_line_bytes
-        buf = bytearray()
-        skipping = False
-        while chunk := await stream.read(_READ_CHUNK):
-            start = 0
-            while True:
-                newline = chunk.find(b"\n", start)
-                if newline < 0:
-                    if not skipping:
-                        buf += chunk[start:]
-                        if len(buf) > limit:
-                            logger.warning("dropping a stdout line over {} bytes", limit)
-                            buf.clear()
-                            skipping = True
-                    break
-                if skipping:
-                    skipping = False
-                else:
-                    buf += chunk[start:newline]
-                    await self._line(bytes(buf), parser, key, resume, on_event)
-                    buf.clear()
-                start = newline + 1
-        if buf and not skipping:
-            await self._line(bytes(buf), parser, key, resume, on_event)
+        if session is not None:
+            await session.close()
+            if self._live.get(key) is session:
+                del self._live[key]
+        self._sched.release(ticket)
 
-    async def _line(
-        self,
-        line: bytes,
-        parser: StreamParser,
-        key: str,
-        resume: str | None,
-        on_event: OnEvent | None,
-    ) -> None:
-        for event in parser.feed(line):
-            if event.kind == "init" and event.session_id and event.session_id != resume:
-                try:
-                    await self._sessions.set_session(key, event.session_id)
-                except Exception:
-                    logger.exception("could not save session {} for {}", event.session_id, key)
-            if on_event is not None:
-                await self._callback(on_event, event)
+    # ------------------------------------------------------------------ idle processes
+    def _cancel_timer(self, key: str) -> None:
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _idle_expired(self, key: str) -> None:
+        self._timers.pop(key, None)
+        if not self._sched.is_idle(key):
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._close_idle(key, f"idle for {self._cfg.idle_timeout:g}s"), name=f"idle:{key}"
+        )
+        self._closers.add(task)
+        task.add_done_callback(self._closers.discard)
+
+    async def _close_idle(self, key: str, why: str) -> None:
+        close = self._sched.take_idle(key)
+        if close is None:
+            return
+        try:
+            await self._close_session(key, why, self._live.get(key))
+        finally:
+            self._sched.closed()
+
+    async def _close_session(self, key: str, why: str, session: CliSession | None) -> None:
+        if session is None:
+            return
+        if self._live.get(key) is session:
+            # a newer process of the same conversation may already be running: leave it alone
+            del self._live[key]
+            self._cancel_timer(key)
+        logger.info("closing the idle claude session of {} ({})", key, why)
+        await session.close()

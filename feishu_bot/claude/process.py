@@ -25,15 +25,26 @@ import contextlib
 import ctypes
 import functools
 import os
+import shutil
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 from loguru import logger
 
-__all__ = ["KillReport", "alive", "kill_tree", "leftovers", "reap_leftovers", "snapshot_tree"]
+__all__ = [
+    "KillReport",
+    "alive",
+    "child_env",
+    "kill_tree",
+    "leftovers",
+    "reap_leftovers",
+    "snapshot_tree",
+    "spawn_cli",
+]
 
 _POLL_S = 0.02
 _AFTER_KILL_S = 2.0
@@ -228,3 +239,61 @@ def die_with_parent() -> Callable[[], None] | None:
             os.kill(os.getpid(), signal.SIGTERM)
 
     return set_pdeathsig
+
+
+@functools.cache
+def _setpriv() -> str | None:
+    """util-linux ``setpriv`` if it can set a parent-death signal (Debian/Ubuntu: always)."""
+    path = shutil.which("setpriv")
+    if path is None or not sys.platform.startswith("linux"):
+        return None
+    return path
+
+
+def child_env(
+    base: Mapping[str, str], extra: Iterable[tuple[str, str]], drop: Iterable[str]
+) -> dict[str, str]:
+    """The environment of a ``claude`` child: the bot's own minus the bot's settings and
+    secrets (every FEISHU_* and each name in ``drop``), plus ``extra``.
+
+    With Bash allowed, anything in the child's environment is readable by every chat user.
+    """
+    dropped = set(drop)
+    env = {
+        k: v for k, v in base.items() if k not in dropped and not k.startswith("FEISHU_")
+    }
+    env.update(dict(extra))
+    return env
+
+
+async def spawn_cli(
+    argv: list[str], *, cwd: Path, env: Mapping[str, str]
+) -> asyncio.subprocess.Process:
+    """Start the CLI with piped stdio in a session of its own, dying with the bot.
+
+    The parent-death signal is set by ``setpriv --pdeathsig`` exec'ing the CLI (same pid), not
+    by a ``preexec_fn``, which is unsafe in a process with threads (the SDK and SQLite have
+    some). Without setpriv the ``preexec_fn`` is the fallback. Raises FileNotFoundError /
+    PermissionError when the CLI cannot be started.
+    """
+    setpriv = _setpriv()
+    preexec = None
+    if setpriv is not None:
+        binary = argv[0] if os.sep in argv[0] else shutil.which(argv[0], path=env.get("PATH"))
+        if binary is None:
+            raise FileNotFoundError(2, "No such file or directory", argv[0])
+        if not os.access(binary, os.X_OK):
+            raise PermissionError(13, "Permission denied", binary)
+        argv = [setpriv, "--pdeathsig", "TERM", "--", binary, *argv[1:]]
+    else:
+        preexec = die_with_parent()
+    return await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=cwd,
+        env=dict(env),
+        start_new_session=True,
+        preexec_fn=preexec,
+    )

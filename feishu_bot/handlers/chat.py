@@ -1,25 +1,34 @@
 """The chat handler: one user message becomes one Claude turn with a streamed reply.
 
-It owns the success path only. Exceptions propagate to `dispatch`, the single place that turns
-them into words for the user and into a journal status.
+It owns the success path only. Exceptions propagate to `conversations`, which journals them
+and tells the user.
 """
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from feishu_bot.events import ClaudeEvent, InboundMessage, TurnRequest, TurnResult
+from feishu_bot.conversations import default_workdir
+from feishu_bot.events import (
+    ClaudeEvent,
+    InboundMessage,
+    PermissionDecision,
+    PermissionRequest,
+    TurnRequest,
+    TurnResult,
+)
 
 if TYPE_CHECKING:
+    from feishu_bot.claude.scheduler import Ticket
     from feishu_bot.context import BotContext
-    from feishu_bot.feishu.progress import ReplyStream
 
-__all__ = ["run_chat_turn", "turn_note"]
+__all__ = ["rule_permission", "run_chat_turn", "turn_note"]
 
 STALE_NOTICE = "The earlier Claude session had expired, so this answer starts a fresh context."
 
@@ -40,12 +49,28 @@ def turn_note(result: TurnResult) -> str:
     return note
 
 
+def rule_permission(allowed: tuple[str, ...]) -> Callable[[PermissionRequest], Any]:
+    """Answer permission requests by the configured rules alone (no one to ask)."""
+
+    async def ask(req: PermissionRequest) -> PermissionDecision:
+        if req.tool_name in allowed:
+            return PermissionDecision(True)
+        return PermissionDecision(
+            False,
+            f"{req.tool_name} is not allowed here: the bot's permission mode and "
+            "CLAUDE_ALLOWED_TOOLS do not permit it, and there is no one to ask.",
+        )
+
+    return ask
+
+
 async def run_chat_turn(
     ctx: BotContext,
     msg: InboundMessage,
-    stream: ReplyStream,
+    stream: Any,
     *,
     turn_id: int,
+    ticket: Ticket | None = None,
     on_first_event: Callable[[ClaudeEvent], None] | None = None,
 ) -> TurnResult:
     """Run the turn, stream progress, deliver the final answer, record the outcome.
@@ -53,22 +78,28 @@ async def run_chat_turn(
     The journal says 'running' only once the CLI has printed something: before that it has
     neither called the API nor run a tool, so a turn killed earlier is safe to run again.
     """
-    assert msg.text is not None
     conv = await ctx.store.ensure_conversation(
         msg.conversation_key,
         chat_id=msg.chat_id,
         chat_type=msg.chat_type,
         thread_root=msg.thread_root,
-        workdir=str(ctx.workdir_root),
+        workdir=str(
+            default_workdir(
+                ctx.workdir_root, msg.conversation_key, shared=ctx.settings.CLAUDE_SHARED_WORKDIR
+            )
+        ),
     )
     workdir = Path(conv.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    prompt, content, cleanup = await _turn_input(ctx, msg, workdir)
     request = TurnRequest(
         conversation_key=msg.conversation_key,
-        prompt=msg.text,
+        prompt=prompt,
         workdir=workdir,
         session_id=conv.session_id,
         model=conv.model or ctx.settings.CLAUDE_MODEL or None,
+        content=content,
+        user_id=msg.sender_open_id,
     )
 
     seen_output = False
@@ -82,11 +113,25 @@ async def run_chat_turn(
             if on_first_event is not None:
                 on_first_event(event)
             await ctx.store.update_turn(turn_id, status="running")
-        if event.kind == "text" and event.text:
-            await stream.update(event.text)
+        if event.kind == "text":
+            # lazily: reading the whole text on every delta would make streaming quadratic
+            await stream.update(lambda event=event: event.text)
 
     await stream.started()
-    result = await ctx.launcher.run(request, on_event=on_event, on_queued=stream.queued)
+    try:
+        result = await ctx.launcher.run(
+            request,
+            on_event=on_event,
+            on_queued=stream.queued,
+            ask_permission=_permission_for(ctx, msg, turn_id, stream),
+            mcp=_mcp_for(ctx, msg, workdir),
+            ticket=ticket,
+        )
+    finally:
+        if cleanup is not None:
+            done = cleanup()
+            if inspect.isawaitable(done):
+                await done
     # Journal before delivering, so that whatever the user does after reading the answer
     # (/status, a restart) already sees this turn as done. A bookkeeping failure is logged
     # rather than raised: it must not turn a good answer into an error message.
@@ -97,12 +142,43 @@ async def run_chat_turn(
             status="done",
             attempts=result.attempts,
             exit_code=result.exit_code,
-            duration_ms=result.duration_ms,
+            duration_ms=int(result.extra.get("wall_ms", result.duration_ms) or 0),  # type: ignore[call-overload]
             cost_usd=result.cost_usd,
         )
+        if result.session_id and hasattr(ctx.store, "touch_session"):
+            await ctx.store.touch_session(msg.conversation_key, result.session_id, msg.text or "")
     except Exception:
         logger.exception("turn {} could not be journaled", turn_id)
+    first = result.extra.get("first_text_s")
+    if isinstance(first, float):
+        ctx.metrics.first_text(first)
     final_text = result.text or "(Claude finished without any text.)"
     await stream.finish(final_text, note=turn_note(result))
     ctx.metrics.turn_finished("ok", time.monotonic() - accepted_at)
     return result
+
+
+async def _turn_input(
+    ctx: BotContext, msg: InboundMessage, workdir: Path
+) -> tuple[str, tuple[dict[str, Any], ...], Any]:
+    """The prompt and extra content blocks (images, files) of this turn."""
+    try:
+        from feishu_bot.handlers.attachments import prepare_turn_input
+    except ImportError:
+        return msg.text or "", (), None
+    prepared = await prepare_turn_input(ctx, msg, workdir=workdir)
+    return prepared.prompt, tuple(prepared.content), getattr(prepared, "cleanup", None)
+
+
+def _permission_for(ctx: BotContext, msg: InboundMessage, turn_id: int, stream: Any) -> Any:
+    broker = getattr(ctx, "approvals", None)
+    if broker is not None:
+        return broker.for_turn(msg.conversation_key, turn_id, msg.sender_open_id, stream)
+    return rule_permission(tuple(ctx.settings.allowed_tools))
+
+
+def _mcp_for(ctx: BotContext, msg: InboundMessage, workdir: Path) -> Any:
+    factory = getattr(ctx, "mcp_factory", None)
+    if factory is None:
+        return None
+    return factory(msg, workdir)

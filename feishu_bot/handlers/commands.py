@@ -11,7 +11,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from feishu_bot.conversations import default_workdir
 from feishu_bot.events import InboundMessage
+from feishu_bot.handlers.session_commands import cmd_resume, cmd_sessions, cmd_stats
 
 if TYPE_CHECKING:
     from database.models import Conversation
@@ -48,12 +50,17 @@ async def cmd_help(ctx: BotContext, msg: InboundMessage, args: str) -> str:
 
 async def cmd_new(ctx: BotContext, msg: InboundMessage, args: str) -> str:
     await _ensure(ctx, msg)
+    await ctx.launcher.close_session(msg.conversation_key)
     await ctx.store.clear_session(msg.conversation_key)
+    if hasattr(ctx.store, "clear_grants"):
+        await ctx.store.clear_grants(msg.conversation_key)
+    if ctx.kept is not None:
+        ctx.kept.drop(msg.conversation_key)
     return "Started a new conversation: your next message begins a fresh Claude session."
 
 
 async def cmd_stop(ctx: BotContext, msg: InboundMessage, args: str) -> str:
-    stopped = ctx.turns.cancel_conversation(msg.conversation_key, reason="stop")
+    stopped = ctx.conversations.stop(msg.conversation_key)
     if not stopped:
         return "Nothing is running in this conversation."
     return f"Stopped {stopped} request{'s' if stopped != 1 else ''} (running and queued)."
@@ -73,6 +80,8 @@ async def cmd_status(ctx: BotContext, msg: InboundMessage, args: str) -> str:
     if len(handles) > 1:
         state += f" ({len(handles) - 1} more waiting)"
     stats = ctx.launcher.stats()
+    warm = "warm (the next message needs no start-up)" if ctx.launcher.is_warm(
+        msg.conversation_key) else "none (the next message starts one)"
     model = (conv.model if conv else None) or ctx.settings.CLAUDE_MODEL or "CLI default"
     turns, cost = (conv.turn_count, conv.total_cost_usd) if conv else (0, 0.0)
     gateway = ctx.gateway_status()
@@ -83,8 +92,10 @@ async def cmd_status(ctx: BotContext, msg: InboundMessage, args: str) -> str:
         f"• state: {state}",
         f"• working directory: {conv.workdir if conv else ctx.workdir_root}",
         f"• model: {model}",
+        f"• claude process: {warm}",
         f"• turns: {turns}, cost ${cost:.4f}",
-        f"Bot: {stats.active}/{stats.max_concurrent} running, {stats.queued} queued, "
+        f"Bot: {stats.active}/{stats.max_concurrent} running, {stats.warm_idle} warm idle, "
+        f"{stats.queued} queued, "
         f"uptime {_duration(ctx.uptime_s)}, websocket {ws}",
     ]
     return "\n".join(lines)
@@ -113,6 +124,7 @@ async def cmd_cd(ctx: BotContext, msg: InboundMessage, args: str) -> str:
         else:
             reason = "not a usable path"
         return f"Cannot change to {_echo(args)}: {reason}."
+    await ctx.launcher.close_session(msg.conversation_key)
     await ctx.store.set_workdir(msg.conversation_key, str(target))
     return (
         f"Working directory is now {_echo_path(target)}. "
@@ -126,6 +138,7 @@ async def cmd_model(ctx: BotContext, msg: InboundMessage, args: str) -> str:
         current = conv.model or ctx.settings.CLAUDE_MODEL or "CLI default"
         return f"Model: {current}\nUsage: /model <name>, or /model default"
     if args.lower() in ("default", "reset"):
+        await ctx.launcher.close_session(msg.conversation_key)
         await ctx.store.set_model(msg.conversation_key, None)
         return "Model reset to the default."
     if not _MODEL_NAME.fullmatch(args):
@@ -133,6 +146,7 @@ async def cmd_model(ctx: BotContext, msg: InboundMessage, args: str) -> str:
             f"Not a valid model name: {_echo(args)}. A model name is 1 to {_MODEL_NAME_MAX} "
             "letters, digits and . _ - : [ ] (for example sonnet, opus or claude-sonnet-4-5)."
         )
+    await ctx.launcher.close_session(msg.conversation_key)
     await ctx.store.set_model(msg.conversation_key, args)
     return f"Model set to {args} for this conversation."
 
@@ -173,7 +187,13 @@ async def _ensure(ctx: BotContext, msg: InboundMessage) -> Conversation:
         chat_id=msg.chat_id,
         chat_type=msg.chat_type,
         thread_root=msg.thread_root,
-        workdir=str(ctx.workdir_root.resolve()),
+        workdir=str(
+            default_workdir(
+                ctx.workdir_root.resolve(),
+                msg.conversation_key,
+                shared=ctx.settings.CLAUDE_SHARED_WORKDIR,
+            )
+        ),
     )
 
 
@@ -184,6 +204,9 @@ COMMANDS: dict[str, tuple[CommandFn, str]] = {
     "status": (cmd_status, "show this conversation and the bot's state"),
     "cd": (cmd_cd, "change the working directory (under the workspace)"),
     "model": (cmd_model, "set the Claude model for this conversation"),
+    "sessions": (cmd_sessions, "list this conversation's recent Claude sessions"),
+    "resume": (cmd_resume, "switch back to session N from /sessions"),
+    "stats": (cmd_stats, "turns, success rate, median time and cost, today and in total"),
 }
 
 

@@ -1,0 +1,113 @@
+"""Every sentence a user reads when something is not a normal answer, in one place."""
+
+from __future__ import annotations
+
+from feishu_bot.errors import (
+    ClaudeError,
+    CliNotFound,
+    FeishuApiError,
+    PermanentCliError,
+    QueueFull,
+    StaleSession,
+    TransientCliError,
+    TurnCancelled,
+    TurnTimeout,
+)
+
+__all__ = [
+    "DEFERRED",
+    "EMPTY",
+    "INTERRUPTED",
+    "MALFORMED",
+    "REPLAY_REFUSED",
+    "STOPPED",
+    "TOO_LONG",
+    "UNSUPPORTED",
+    "bounded",
+    "describe_error",
+]
+
+STOPPED = "Stopped by /stop."
+INTERRUPTED = (
+    "The bot restarted while Claude was working on this, so the request was interrupted. "
+    "Please send it again."
+)
+DEFERRED = "The bot is restarting; this request is kept and will run when it is back."
+REPLAY_REFUSED = (
+    "This request was kept while the bot restarted, but you are no longer allowed to use the "
+    "bot, so it was not run."
+)
+UNSUPPORTED = (
+    "Sorry, I can only read text and rich-text (post) messages for now; "
+    "{kind} messages are not supported yet."
+)
+EMPTY = "Your message was empty. Send me some text (or /help)."
+MALFORMED = "Sorry, I could not read that message. Please send it again as plain text."
+TOO_LONG = "Your message is too long ({size} characters; the limit is {limit}). Please shorten it."
+
+
+def bounded(text: str, limit: int = 80) -> str:
+    """User input echoed back: printable, at most ``limit`` characters."""
+    clean = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return clean if len(clean) <= limit else clean[: limit - 1] + "…"
+
+
+def describe_error(exc: BaseException, *, timeout_s: float = 0) -> tuple[str, str]:
+    """(one short sentence for the user, journal status) for a failed turn."""
+    if isinstance(exc, QueueFull):
+        return (
+            f"The bot is busy ({exc.active}/{exc.max_active} running, {exc.queued} queued). "
+            "Please try again in a minute.",
+            "failed",
+        )
+    if isinstance(exc, TurnTimeout):
+        return (
+            f"Claude took longer than {timeout_s:g}s and was stopped. Try a smaller request, "
+            "or ask the operator to raise CLAUDE_TIMEOUT.",
+            "failed",
+        )
+    if isinstance(exc, CliNotFound):
+        return (
+            "The Claude CLI is not available on the server. Ask the operator to check CLAUDE_BIN.",
+            "failed",
+        )
+    if isinstance(exc, TurnCancelled):
+        return STOPPED, "cancelled"
+    if isinstance(exc, PermanentCliError):
+        return f"Claude could not run this request: {_detail(exc)}", "failed"
+    if isinstance(exc, StaleSession):
+        return "The earlier Claude session could not be resumed. Send /new and try again.", "failed"
+    if isinstance(exc, TransientCliError):
+        if exc.side_effects:
+            tools = ", ".join(exc.side_effects)
+            return (
+                f"Claude failed ({_detail(exc)}) after it had already run {tools}. The request "
+                "was not repeated, so nothing runs twice: check what changed, then resend what "
+                "is still needed.",
+                "failed",
+            )
+        return (
+            f"Claude failed after {exc.attempts} attempt{'s' if exc.attempts != 1 else ''}"
+            f" ({_detail(exc)}). Please try again.",
+            "failed",
+        )
+    if isinstance(exc, ClaudeError):
+        return f"Claude failed: {_detail(exc)}", "failed"
+    if isinstance(exc, FeishuApiError):
+        return f"Feishu rejected the reply (code {exc.code}).", "failed"
+    text = getattr(exc, "user_text", None)
+    if isinstance(text, str) and text:
+        return text, "failed"
+    return (
+        f"Something went wrong inside the bot ({type(exc).__name__}). "
+        "The operator can find details in the logs.",
+        "failed",
+    )
+
+
+def _detail(exc: ClaudeError) -> str:
+    for candidate in (*exc.result_errors, *exc.stderr_tail.strip().splitlines()[-1:], str(exc)):
+        if candidate and candidate.strip():
+            text = candidate.strip()
+            return text if len(text) <= 300 else text[:297] + "..."
+    return type(exc).__name__
