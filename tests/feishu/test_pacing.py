@@ -4,6 +4,7 @@ replier against the simulator with Feishu's rate limits switched on."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 
 import pytest
@@ -35,62 +36,77 @@ def approx(values: list[float]) -> list[float]:
     return [round(v, 6) for v in values]
 
 
-def test_one_key_is_spaced_at_the_rate() -> None:
+async def departures(pacer: Pacer, t: FakeTime, keys: list[str]) -> list[tuple[str, float]]:
+    """Start one call per key at once; the (key, fake time) each one left at."""
+    out: list[tuple[str, float]] = []
+
+    async def call(key: str) -> None:
+        await pacer.wait(key)
+        out.append((key, t.now))
+
+    await asyncio.gather(*(call(k) for k in keys))
+    return out
+
+
+async def test_one_key_is_spaced_at_the_rate_in_order() -> None:
     t = FakeTime()
     pacer = Pacer(5, clock=t, sleep=t.sleep)
-    assert approx([pacer.reserve("chat:a") for _ in range(4)]) == [0.0, 0.2, 0.4, 0.6]
-    assert pacer.reserve("chat:b") == 0.0  # another chat has its own budget
-    t.now += 10  # idle: full again
-    assert pacer.reserve("chat:a") == 0.0
-
-
-def test_burst_then_rate() -> None:
-    t = FakeTime()
-    pacer = Pacer(5, burst=3, clock=t, sleep=t.sleep)
-    assert approx([pacer.reserve("k") for _ in range(5)]) == [0.0, 0.0, 0.0, 0.2, 0.4]
-
-
-async def test_waiting_callers_keep_their_order_and_any_second_holds_five() -> None:
-    t = FakeTime()
-    pacer = Pacer(5, clock=t, sleep=t.sleep)
-    stamps: list[float] = []
-
-    async def send() -> None:
-        await pacer.wait("chat:a")
-        stamps.append(t.now)
-
-    for _ in range(12):
-        await send()
-    for start in stamps:
-        assert sum(1 for s in stamps if start <= s < start + 1.0) <= 5
-    assert approx(t.sleeps) == [0.2] * 11
+    left = await departures(pacer, t, ["chat:a"] * 12)
+    times = [at for _, at in left]
+    assert approx([b - a for a, b in itertools.pairwise(times)]) == [0.2] * 11
+    for start in times:
+        assert sum(1 for x in times if start <= x < start + 1.0) <= 5
     assert pacer.waited == pytest.approx(2.2)
 
 
-def test_merge_keeps_the_later_schedule() -> None:
+async def test_keys_are_independent() -> None:
     t = FakeTime()
     pacer = Pacer(5, clock=t, sleep=t.sleep)
-    pacer.reserve("msg:om_1")
-    pacer.reserve("msg:om_1")
+    await pacer.wait("chat:a")
+    assert await pacer.wait("chat:b") == 0.0  # another chat has its own budget
+    assert await pacer.wait("chat:a") == pytest.approx(0.2)
+    t.now += 10  # idle: no wait
+    assert await pacer.wait("chat:a") == 0.0
+
+
+async def test_a_late_wake_up_does_not_squeeze_calls_together() -> None:
+    """The gap counts from the real departure: a busy loop that wakes a call late does not
+    let the next one leave early."""
+    t = FakeTime()
+    late = iter([0.5, 0.0, 0.3, 0.0, 0.0])
+
+    async def oversleep(seconds: float) -> None:
+        await t.sleep(seconds + next(late, 0.0))
+
+    pacer = Pacer(5, clock=t, sleep=oversleep)
+    left = await departures(pacer, t, ["k"] * 6)
+    times = [at for _, at in left]
+    assert all(b - a >= 0.2 - 1e-9 for a, b in itertools.pairwise(times))
+
+
+async def test_merge_keeps_the_later_schedule() -> None:
+    t = FakeTime()
+    pacer = Pacer(5, clock=t, sleep=t.sleep)
+    await pacer.wait("msg:om_1")
     pacer.merge("msg:om_1", "chat:oc_1")  # om_1 turned out to be in oc_1
-    assert approx([pacer.reserve("chat:oc_1")]) == [0.4]
+    assert await pacer.wait("chat:oc_1") == pytest.approx(0.2)
     pacer.merge("msg:unknown", "chat:oc_1")  # nothing to carry over
-    assert approx([pacer.reserve("chat:oc_1")]) == [0.6]
+    assert await pacer.wait("chat:oc_1") == pytest.approx(0.2)
 
 
-def test_idle_keys_are_forgotten() -> None:
+async def test_idle_keys_are_forgotten() -> None:
     t = FakeTime()
     pacer = Pacer(5, clock=t, sleep=t.sleep, max_keys=10)
     for n in range(10):
-        pacer.reserve(f"k{n}")
+        await pacer.wait(f"k{n}")
     t.now += 1
-    pacer.reserve("k-new")
-    assert len(pacer._tat) == 1
+    await pacer.wait("k-new")
+    assert set(pacer._next) == {"k-new"}
 
 
-def test_off_never_waits() -> None:
+async def test_off_never_waits() -> None:
     pacer = Pacer.off()
-    assert [pacer.reserve("k") for _ in range(100)] == [0.0] * 100
+    assert [await pacer.wait("k") for _ in range(100)] == [0.0] * 100
     with pytest.raises(ValueError):
         Pacer(0)
 
