@@ -1,6 +1,10 @@
 """Entry point: `feishu-bot [run|check|playground]`, `feishu-bot --version`, `python -m …`.
 
-Exit codes: 0 clean stop, 1 runtime failure, 2 bad configuration or environment.
+Exit codes: 0 clean stop; 1 a failure a restart may cure (the supervisor restarts the bot);
+2 what a restart cannot fix, so pm2 (`stop_exit_codes`) and systemd (`RestartPreventExitStatus`)
+leave it stopped: bad configuration or environment, credentials Feishu refuses, a database file
+that is corrupt or newer than the code (see `feishu_bot.startup`). Feishu being unreachable at
+start is not an exit at all: the bot waits for it.
 """
 
 from __future__ import annotations
