@@ -188,7 +188,17 @@ class Bot:
         bot_open_id = str(bot_info.get("open_id", ""))
         logger.info("bot identity: {} ({})", bot_info.get("app_name", "?"), bot_open_id)
 
-        launcher = Launcher(LauncherConfig.from_settings(s), store)
+        from feishu_bot.claude.mcp_feishu import SEND_FILE_TOOL, FeishuMcp, mcp_config_arg
+
+        launcher = Launcher(
+            LauncherConfig.from_settings(
+                s,
+                mcp_config=mcp_config_arg(),
+                allowed_tools=(*s.allowed_tools, SEND_FILE_TOOL),
+            ),
+            store,
+        )
+        launcher.default_mcp = FeishuMcp(_no_turn_send)
         stack.push_async_callback(launcher.aclose)
         self.launcher = launcher
 
@@ -349,6 +359,11 @@ class Bot:
             "reconnects": status["reconnects"],
             "dup": counters.duplicates_dropped if counters else 0,
         }
+
+
+async def _no_turn_send(path: str, caption: str | None, tool_use_id: str | None) -> str:
+    # The CLI's MCP handshake can come before a turn; a tool call never should.
+    raise ValueError("send_file is only available while answering a message")
 
 
 async def _cancel_and_wait(task: asyncio.Task[Any]) -> None:

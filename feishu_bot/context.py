@@ -37,8 +37,6 @@ class BotContext:
     conversations: Conversations | None = None  # type: ignore[assignment]
     # Optional services of the cards and files features (None: rules only / no MCP tools).
     approvals: Any = None
-    mcp_factory: Any = None
-    kept: Any = None
 
     @property
     def uptime_s(self) -> float:

@@ -22,6 +22,7 @@ from loguru import logger
 from feishu_bot import wording
 from feishu_bot.events import InboundMessage
 from feishu_bot.feishu.inbound import MalformedEvent, parse_message_event
+from feishu_bot.handlers.attachments import keep_attachments, needs_question
 from feishu_bot.handlers.commands import parse_command, run_command
 
 if TYPE_CHECKING:
@@ -105,6 +106,12 @@ class Dispatcher:
                 text = refusal_text(msg.sender_open_id, msg.chat_id)
                 await self._reply_once(msg, text, name="refusal", dedupe=False)
             return
+        if needs_question(msg):
+            # a screenshot first, the question second: keep it for the next text message
+            reply = await keep_attachments(ctx, msg)
+            if reply:
+                ctx.turns.spawn(self._send(msg, reply, "kept"), name=f"kept:{msg.message_id}")
+            return
         if msg.text is None and not msg.attachments:
             self.counters.unsupported += 1
             logger.info("dispatch: unsupported message type {}", msg.msg_type)
@@ -163,13 +170,13 @@ class Dispatcher:
             self.counters.duplicates_dropped += 1
             return
 
-        async def send() -> None:
-            try:
-                await self._ctx.replier.reply_text(msg.message_id, text, in_thread=msg.in_thread)
-            except Exception:
-                logger.exception("dispatch: could not send the {} reply", name)
+        self._ctx.turns.spawn(self._send(msg, text, name), name=f"{name}:{msg.message_id}")
 
-        self._ctx.turns.spawn(send(), name=f"{name}:{msg.message_id}")
+    async def _send(self, msg: InboundMessage, text: str, name: str) -> None:
+        try:
+            await self._ctx.replier.reply_text(msg.message_id, text, in_thread=msg.in_thread)
+        except Exception:
+            logger.exception("dispatch: could not send the {} reply", name)
 
     async def _command(self, msg: InboundMessage, name: str, args: str) -> None:
         with logger.contextualize(conversation=msg.conversation_key, message_id=msg.message_id):

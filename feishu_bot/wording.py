@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from feishu_bot.errors import (
+    AttachmentError,
     ClaudeError,
     CliNotFound,
     FeishuApiError,
@@ -54,6 +55,8 @@ def bounded(text: str, limit: int = 80) -> str:
 
 def describe_error(exc: BaseException, *, timeout_s: float = 0) -> tuple[str, str]:
     """(one short sentence for the user, journal status) for a failed turn."""
+    if isinstance(exc, AttachmentError):
+        return str(exc), "failed"
     if isinstance(exc, QueueFull):
         return (
             f"The bot is busy ({exc.active}/{exc.max_active} running, {exc.queued} queued). "

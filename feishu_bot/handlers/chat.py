@@ -23,6 +23,7 @@ from feishu_bot.events import (
     TurnRequest,
     TurnResult,
 )
+from feishu_bot.handlers.attachments import prepare_turn_input, turn_mcp
 
 if TYPE_CHECKING:
     from feishu_bot.claude.scheduler import Ticket
@@ -162,10 +163,6 @@ async def _turn_input(
     ctx: BotContext, msg: InboundMessage, workdir: Path
 ) -> tuple[str, tuple[dict[str, Any], ...], Any]:
     """The prompt and extra content blocks (images, files) of this turn."""
-    try:
-        from feishu_bot.handlers.attachments import prepare_turn_input
-    except ImportError:
-        return msg.text or "", (), None
     prepared = await prepare_turn_input(ctx, msg, workdir=workdir)
     return prepared.prompt, tuple(prepared.content), getattr(prepared, "cleanup", None)
 
@@ -178,7 +175,4 @@ def _permission_for(ctx: BotContext, msg: InboundMessage, turn_id: int, stream: 
 
 
 def _mcp_for(ctx: BotContext, msg: InboundMessage, workdir: Path) -> Any:
-    factory = getattr(ctx, "mcp_factory", None)
-    if factory is None:
-        return None
-    return factory(msg, workdir)
+    return turn_mcp(ctx, msg, workdir=workdir)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from feishu_bot.conversations import default_workdir
 from feishu_bot.events import InboundMessage
+from feishu_bot.handlers.attachments import drop_kept
 from feishu_bot.handlers.session_commands import cmd_resume, cmd_sessions, cmd_stats
 
 if TYPE_CHECKING:
@@ -54,8 +55,7 @@ async def cmd_new(ctx: BotContext, msg: InboundMessage, args: str) -> str:
     await ctx.store.clear_session(msg.conversation_key)
     if hasattr(ctx.store, "clear_grants"):
         await ctx.store.clear_grants(msg.conversation_key)
-    if ctx.kept is not None:
-        ctx.kept.drop(msg.conversation_key)
+    await drop_kept(ctx, msg.conversation_key)
     return "Started a new conversation: your next message begins a fresh Claude session."
 
 

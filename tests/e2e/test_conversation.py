@@ -98,13 +98,13 @@ async def test_unauthorized_sender_is_refused_with_their_open_id(
     assert len(anthropic.message_requests) == 1
 
 
-async def test_image_is_not_supported_and_runs_nothing(
+async def test_unknown_message_type_is_not_supported_and_runs_nothing(
     sim: FeishuSimulator, anthropic: FakeAnthropic, start_bot: StartBot
 ) -> None:
     await start_bot()
-    mid = await sim.push_message(msg_type="image", content={"image_key": "img_v2_123"})
+    mid = await sim.push_message(msg_type="share_calendar_event", content={"summary": "x"})
     text = await final_text(sim, mid, contains="not supported")
-    assert "image" in text
+    assert "share_calendar_event" in text
     assert anthropic.message_requests == []
 
 
