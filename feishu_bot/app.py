@@ -163,7 +163,6 @@ class Bot:
         logger.info(
             "Cleared {} Claude session IDs inactive for {:g}h+", cleared, s.SESSION_STALE_HOURS
         )
-        await store.prune_processed(7)
 
         replier = FeishuReplier(
             app_id=s.FEISHU_APP_ID,
@@ -248,6 +247,12 @@ class Bot:
         )
         health_task = loop.create_task(monitor.run(), name="health")
         stack.push_async_callback(_cancel_and_wait, health_task)
+        from feishu_bot.retention import run_pruning
+
+        pruning = loop.create_task(
+            run_pruning(store, env=launcher.child_environment()), name="retention"
+        )
+        stack.push_async_callback(_cancel_and_wait, pruning)
 
         logger.info(
             "feishu-bot ready: max {} concurrent claude processes, queue {}, timeout {:g}s",

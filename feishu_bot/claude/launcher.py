@@ -191,7 +191,8 @@ class Launcher:
         self._retire: set[str] = set()  # close after the running turn (/new during a turn)
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._closers: set[asyncio.Task[None]] = set()
-        self._attempt_started: dict[Ticket, float] = {}
+        # tickets holding a slot -> start of their running attempt (None between attempts)
+        self._attempt_started: dict[Ticket, float | None] = {}
         self._inside: set[asyncio.Task[Any]] = set()
         self._idle_event = asyncio.Event()
         self._idle_event.set()
@@ -272,6 +273,10 @@ class Launcher:
         self._n["ok"] += 1
         return result
 
+    def child_environment(self) -> dict[str, str]:
+        """The environment a CLI child gets (where its transcripts live, for retention)."""
+        return self._env()
+
     def queue_position(self, key: str) -> int | None:
         return self._sched.queue_position(key)
 
@@ -295,7 +300,9 @@ class Launcher:
         now = time.monotonic()
         s = self._sched.stats()
         running = tuple(
-            RunningTurn(t.key, round(now - started, 3), self._cfg.timeout)
+            RunningTurn(
+                t.key, round(now - started, 3) if started is not None else 0.0, self._cfg.timeout
+            )
             for t, started in self._attempt_started.items()
         )
         return LauncherStats(
@@ -389,7 +396,7 @@ class Launcher:
                         mcp=mcp,
                     )
                 finally:
-                    self._attempt_started.pop(ticket, None)
+                    self._attempt_started[ticket] = None  # still holds its slot (backoff)
                 self._note_health(att)
                 if att.timed_out:
                     raise TurnTimeout(
@@ -397,6 +404,7 @@ class Launcher:
                         stderr_tail=att.stderr_tail,
                         attempts=attempts,
                         partial_text=att.parser.text,
+                        exit_code=att.exit_code,
                     )
                 verdict = classify(
                     exit_code=att.exit_code if att.died else None,
@@ -410,7 +418,8 @@ class Launcher:
                 logger.warning("claude attempt {} failed: {}", attempts, verdict.reason)
                 step = decide(
                     verdict,
-                    attempts=attempts,
+                    # the stale attempt does not count against the retries
+                    attempts=attempts - stale_reset,
                     max_retries=self._cfg.max_retries,
                     process_alive=session.alive,
                     side_effects=tuple(att.side_effects),
@@ -425,14 +434,17 @@ class Launcher:
                     await self._sessions.clear_session(key)
                     self._n["stale"] += 1
                     stale_reset = True
+                    # The refusing process exits by itself but may not be reaped yet (still
+                    # "alive"): never hand the fresh attempt to it.
+                    await session.close()
+                    session = None
                     spawned_from = ResumePoint()
                     saved[0] = None
-                    attempts -= 1  # the stale attempt does not count against the retries
                     continue
                 if step.action is Action.GIVE_UP:
                     raise self._error(verdict.reason, att, attempts, step.reason)
                 self._n["retried"] += 1
-                delay = backoff(self._cfg.retry_delay, attempts)
+                delay = backoff(self._cfg.retry_delay, attempts - stale_reset)
                 logger.warning("retrying in {:.2f}s ({})", delay, step.action.value)
                 await self._sleep(delay)
                 if step.action is Action.RETRY_NEW:
@@ -441,6 +453,7 @@ class Launcher:
                     session = None
                     spawned_from = step.resume or ResumePoint()
         finally:
+            self._attempt_started.pop(ticket, None)
             await self._after_turn(key, ticket, session)
 
     async def _success(
