@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from feishu_bot.claude.mcp_feishu import SEND_FILE_TOOL
 from feishu_bot.handlers.attachments import KEPT_TEXT
 from feishu_bot.simulator import FeishuSimulator
@@ -42,10 +44,15 @@ async def kept(sim: FeishuSimulator, message_id: str) -> None:
     await shown_text(sim, message_id, contains=KEPT_TEXT)
 
 
+@pytest.mark.parametrize("warm", [True, False], ids=["warm", "one-shot"])
 async def test_screenshot_then_question_reaches_the_model_byte_identical(
-    sim: FeishuSimulator, anthropic: FakeAnthropic, start_bot: StartBot, tmp_path: Path
+    sim: FeishuSimulator,
+    anthropic: FakeAnthropic,
+    start_bot: StartBot,
+    tmp_path: Path,
+    warm: bool,
 ) -> None:
-    await start(start_bot, tmp_path)
+    await start(start_bot, tmp_path, CLAUDE_WARM=warm)
     shot = sample_png(48, 32, seed=11)
     image_id = await sim.media.push_image(shot)
     await kept(sim, image_id)
@@ -55,6 +62,8 @@ async def test_screenshot_then_question_reaches_the_model_byte_identical(
     request = anthropic.message_requests[-1]
     assert images_in(request) == [("image/png", shot)]
     assert any(t.startswith("what does this error mean?") for t in request.user_texts)
+    # the copy the CLI saved under CLAUDE_CODE_TMPDIR was removed after the turn
+    assert not list((tmp_path / "home" / "tmp").glob("claude-*/*/*/images/*"))
     # the next question does not carry the screenshot again
     again = await sim.push_message(text="thanks")
     await final_text(sim, again, contains="echo:")
