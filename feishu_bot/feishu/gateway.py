@@ -9,21 +9,13 @@ Ownership and invariants:
   the process can exit and be restarted cleanly. Raw lark_oapi objects never leave
   `ws_session`; the app receives plain dicts in the Feishu v2 schema
   (``{"schema": "2.0", "header": {...}, "event": {...}}``).
-* The SDK calls its handler synchronously and acks only after the handler returns; Feishu
-  re-pushes events not acked within ~3 s. Two contracts for ``on_event``:
-
-  - ``async def on_event(envelope) -> dict | None`` (the answer-on-ack contract): it runs on
-    the app loop (``run_coroutine_threadsafe``) while the SDK thread waits up to
-    `ack_deadline` seconds (2.5 by default). Its return value becomes the ack's data, which is
-    how a card callback (``card.action.trigger``) answers with a toast or a card. If it raises
-    or misses the deadline the ack says 500 and Feishu delivers the event again later, so an
-    event is acked only once the app has made it durable (journaled or found duplicate).
-    A late coroutine is *not* cancelled: it may be in the middle of journaling, and the
-    redelivery is then deduplicated downstream.
-  - a plain function (the older contract): scheduled with ``call_soon_threadsafe`` and acked
-    at once (200, no data); it must return quickly and dedupe by itself.
-
-  Events are handed over one at a time, in the order they arrive.
+* The SDK acks an event only after its handler returns; Feishu re-pushes events not acked
+  within ~3 s. ``async def on_event(envelope) -> dict | None`` is the answer-on-ack contract:
+  it runs on the app loop while the SDK thread waits up to `ack_deadline` (2.5 s); its return
+  value is the ack's data (how a ``card.action.trigger`` callback answers), and an exception
+  or a missed deadline makes the ack 500 so Feishu delivers again. So an event is acked only
+  once the app has made it durable. A plain function is the older fire-and-forget contract
+  (acked at once). Details in `feishu.handover`.
 * The SDK reconnects on its own after a dropped socket. The gateway supervises it and builds a
   fresh session only when the SDK cannot recover: it gave up reconnecting (retry count spent or
   a fatal code), its thread ended, or no frame at all arrived for 3 x the ping interval while
@@ -38,15 +30,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from loguru import logger
 
 from feishu_bot.errors import GatewayError
+from feishu_bot.feishu.handover import AckDeadlineMissed, EventHandler, EventHandover
 from feishu_bot.feishu.ws_session import (
     CARD_ACTION_TRIGGER,
     SessionConfig,
@@ -91,14 +83,6 @@ RETIRE_TIMEOUT_S = 10.0
 _CHECK_EVERY_MAX_S = 1.0
 _MAX_REBUILD_BACKOFF_S = 60.0
 
-EventHandler = (
-    Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]] | Callable[[dict[str, Any]], None]
-)
-
-
-class AckDeadlineMissed(GatewayError):
-    """Raised on the SDK thread when ``on_event`` did not answer in time (the ack says 500)."""
-
 
 class FeishuGateway:
     """Receive Feishu events over the websocket long connection.
@@ -129,12 +113,11 @@ class FeishuGateway:
         200 and logged at DEBUG). `stall_after`: seconds without any frame before a connection
         counts as stuck; default 3 x the ping interval Feishu announces (120 s -> 6 min).
         `ack_deadline`: seconds an async `on_event` has before the event is acked 500."""
-        self._on_event = on_event
-        self._async = _is_async_callable(on_event)
-        self._ack_deadline = ack_deadline
+        self._handover = EventHandover(
+            on_event, forward=forward_event_types, ack_deadline=ack_deadline
+        )
         self._loop = loop
-        self._forward = frozenset(forward_event_types)
-        registered = dict.fromkeys((*ACKED_EVENT_TYPES, *self._forward))
+        registered = dict.fromkeys((*ACKED_EVENT_TYPES, *self._handover.forward))
         registered.pop(CARD_ACTION_TRIGGER, None)  # a callback, registered on its own
         self._config = SessionConfig(
             app_id=app_id,
@@ -149,7 +132,6 @@ class FeishuGateway:
         self.connected = False
         self.reconnects = 0
         self.rebuilds = 0
-        self.events_received = 0
         self._connections = 0
         self._last_frame_mono: float | None = None
         self._last_frame_wall: float | None = None
@@ -165,6 +147,11 @@ class FeishuGateway:
         self._stopping = False
 
     # -- public state -----------------------------------------------------------------------
+
+    @property
+    def events_received(self) -> int:
+        """Events handed to `on_event` so far."""
+        return self._handover.received
 
     @property
     def last_frame_at(self) -> float | None:
@@ -203,6 +190,7 @@ class FeishuGateway:
             raise RuntimeError("FeishuGateway.start() must run on the loop given as `loop`")
         self._started = True
         self._loop = running
+        self._handover.loop = running
         self._wake = asyncio.Event()
         self._first_connect = self._loop.create_future()
         self._failed = self._loop.create_future()
@@ -298,59 +286,10 @@ class FeishuGateway:
         self._last_frame_wall = time.time()
 
     def handle_event(self, envelope: dict[str, Any]) -> dict[str, Any] | None:
-        """From the SDK thread: one event. Returns the ack's data; raising makes the ack 500.
-
-        A RuntimeError from a closed app loop propagates on purpose: Feishu delivers the event
-        again later.
-        """
-        header = envelope.get("header") or {}
-        event_type = header.get("event_type")
-        if event_type not in self._forward:
-            logger.debug(
-                "feishu gateway: acked {} (event_id={})", event_type, header.get("event_id")
-            )
-            return None
-        loop = self._loop
-        assert loop is not None
-        if not self._async:
-            loop.call_soon_threadsafe(self._deliver, envelope)
-            return None
-        future = asyncio.run_coroutine_threadsafe(self._answer(envelope), loop)
-        try:
-            return future.result(timeout=self._ack_deadline)
-        except TimeoutError:
-            if future.done():
-                raise  # on_event itself raised TimeoutError (already logged)
-            logger.warning(
-                "feishu gateway: {} (event_id={}) not handled within {:g}s; acked 500 so "
-                "Feishu delivers it again",
-                event_type,
-                header.get("event_id"),
-                self._ack_deadline,
-            )
-            raise AckDeadlineMissed(
-                f"on_event missed the {self._ack_deadline:g}s ack deadline"
-            ) from None
+        """From the SDK thread: one event; see `feishu.handover`."""
+        return self._handover.handle(envelope)
 
     # -- on the app loop ---------------------------------------------------------------------
-
-    async def _answer(self, envelope: dict[str, Any]) -> dict[str, Any] | None:
-        """The async contract: the event's answer, or an exception (ack 500)."""
-        self.events_received += 1
-        try:
-            result = await self._on_event(envelope)  # type: ignore[misc]
-        except Exception:
-            logger.exception(
-                "feishu gateway: on_event raised; acked 500 so Feishu delivers it again"
-            )
-            raise
-        if result is not None and not isinstance(result, dict):
-            logger.warning(
-                "feishu gateway: on_event returned {} (not a dict); acked without data",
-                type(result).__name__,
-            )
-            return None
-        return result
 
     def _on_session_event(self, session: WsSession, kind: str, detail: Any) -> None:
         """On the app loop: update public state, log, wake the supervisor, settle start()."""
@@ -405,14 +344,6 @@ class FeishuGateway:
                 fut.set_result(None)
         else:
             fut.set_exception(error)
-
-    def _deliver(self, envelope: dict[str, Any]) -> None:
-        """On the app loop: one event for a plain (fire-and-forget) `on_event`."""
-        self.events_received += 1
-        try:
-            self._on_event(envelope)
-        except Exception:
-            logger.exception("feishu gateway: on_event raised")
 
     # -- supervision ------------------------------------------------------------------------
 
@@ -480,10 +411,3 @@ class FeishuGateway:
             self.rebuilds += 1
             connections_at_rebuild = self._connections
             self._start_session()
-
-
-def _is_async_callable(func: object) -> bool:
-    """True for an ``async def`` function or method, or an object with ``async __call__``."""
-    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
-        getattr(func, "__call__", None)  # noqa: B004 - the method itself, not callable()
-    )
