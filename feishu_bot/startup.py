@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from loguru import logger
 
-from feishu_bot.errors import FeishuApiError, GatewayError
+from feishu_bot.errors import FeishuApiError, FeishuTransientError, GatewayError
 
 __all__ = [
     "CREDENTIALS_REFUSED_CODES",
@@ -80,7 +80,7 @@ async def wait_for_bot_info(
             if credentials_refused(exc):
                 raise
             # An unexpected permanent code deserves an ERROR line, a network hiccup a WARNING.
-            level = "WARNING" if exc.code == 0 or exc.status >= 500 else "ERROR"
+            level = "WARNING" if isinstance(exc, FeishuTransientError) else "ERROR"
             logger.log(
                 level,
                 "start-up: Feishu bot info not available yet (attempt {}): {}; retrying in {:g}s",
