@@ -239,16 +239,19 @@ class CliSession:
             early, self._early = self._early, []
             for obj in early:
                 await self._consume(turn, obj)
-            if turn.done.done():
-                pass  # the process already ended this turn before it was written
-            elif not self.exited.is_set():
-                try:
-                    await self._write(message)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the reader sees the exit and ends the turn
-            else:
-                self._end_turn_dead(turn)
             try:
+                if turn.done.done():
+                    pass  # the process already ended this turn before it was written
+                elif not self.exited.is_set():
+                    # Inside the try: a stop while a big message drains must still interrupt
+                    # it, or the CLI runs a turn nobody waits for and the next turn of this
+                    # process would get its result.
+                    try:
+                        await self._write(message)
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass  # the reader sees the exit and ends the turn
+                else:
+                    self._end_turn_dead(turn)
                 await self._until_done(turn, timeout)
             except asyncio.CancelledError:
                 turn.attempt.stopped = True

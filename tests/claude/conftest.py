@@ -49,9 +49,10 @@ LauncherFactory = Callable[..., Launcher]
 
 @pytest.fixture
 async def make_launcher(
-    fake_env: dict[str, str], binding: MemoryBinding
+    fake_env: dict[str, str], binding: MemoryBinding, fake_log: FakeClaudeLog
 ) -> AsyncIterator[LauncherFactory]:
-    """Build launchers on the fake CLI; ``mode=`` sets FAKE_CLAUDE_MODE, ``env=`` adds vars."""
+    """Build launchers on the fake CLI; ``mode=`` sets FAKE_CLAUDE_MODE, ``env=`` adds vars,
+    other keywords override LauncherConfig fields (``warm=False``: one process per turn)."""
     made: list[Launcher] = []
 
     def factory(
@@ -78,3 +79,6 @@ async def make_launcher(
     yield factory
     for launcher in made:
         await launcher.aclose()
+    # A launcher bug must not leak fake CLIs into later tests (the test itself still fails on
+    # what it checks; this only cleans up).
+    fake_log.kill_all()

@@ -12,6 +12,7 @@ from typing import Any
 import psutil
 
 from feishu_bot.events import ClaudeEvent, TurnRequest
+from tests.fakes.fake_claude_log import FakeClaudeLog
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 
@@ -95,3 +96,28 @@ def fake_cli_processes(marker: str) -> list[int]:
         if any(marker in v for v in env.values()) and proc.status() != psutil.STATUS_ZOMBIE:
             found.append(proc.pid)
     return found
+
+
+def open_gate(fake_env: dict[str, str]) -> None:
+    """Let every fake turn in ``gate`` mode finish (they wait for ``$HOME/gate``)."""
+    (Path(fake_env["HOME"]) / "gate").touch()
+
+
+def turn_pids(log: FakeClaudeLog, marker: str | None = None) -> list[int]:
+    """The pid that ran each turn (optionally only turns whose prompt has ``marker``)."""
+    return [rec["pid"] for rec in log.turns(marker)]
+
+
+def exits_of(log: FakeClaudeLog, pid: int) -> list[dict[str, Any]]:
+    return [rec for rec in log.records("exit") if rec["pid"] == pid]
+
+
+async def wait_exit(log: FakeClaudeLog, pid: int, timeout: float = 30.0) -> dict[str, Any]:
+    """The ``exit`` record of the fake CLI ``pid``, once it has logged one."""
+    found = await log.wait_for(lambda _r: exits_of(log, pid), timeout=timeout)
+    return found[0]
+
+
+async def wait_turns(log: FakeClaudeLog, count: int, timeout: float = 30.0) -> None:
+    """Until ``count`` turns have started (in any process)."""
+    await log.wait_for(lambda r: sum(x["event"] == "turn_start" for x in r) >= count, timeout)

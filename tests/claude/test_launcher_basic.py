@@ -1,4 +1,8 @@
-"""One turn through the launcher with the fake CLI: arguments, events, results, errors."""
+"""One turn through the launcher with the fake CLI: arguments, events, results, errors.
+
+Turns run in warm processes by default (the process stays after its turn); tests about a
+process per turn say ``warm=False``.
+"""
 
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ async def test_echo_turn_streams_events_and_saves_the_session(
     assert result.text == "echo: hello world"
     assert result.is_error is False
     assert result.attempts == 1
-    assert result.exit_code == 0
+    assert result.exit_code is None  # the process did not exit: it stays warm
     assert result.stale_session_reset is False
     assert result.num_turns == 1
     assert result.cost_usd > 0
@@ -46,17 +50,24 @@ async def test_echo_turn_streams_events_and_saves_the_session(
     assert seen_binding_at_init == [{"p2p:c1": result.session_id}]
     assert binding.calls == [("set", "p2p:c1", result.session_id)]
     start = fake_log.starts()[0]
-    assert start["argv"][:5] == [
-        "-p",
+    assert start["argv"][:8] == [
+        "--input-format",
+        "stream-json",
         "--output-format",
         "stream-json",
         "--verbose",
+        "--permission-prompt-tool",
+        "stdio",
         "--include-partial-messages",
     ]
+    assert "-p" not in start["argv"]
     assert "--resume" not in start["argv"]
     assert start["argv"][start["argv"].index("--permission-mode") + 1] == "acceptEdits"
     stats = launcher.stats()
     assert (stats.ok, stats.failed, stats.active, stats.queued) == (1, 0, 0, 0)
+    assert (stats.warm_idle, stats.cold_starts) == (1, 1)
+    assert launcher.is_warm("p2p:c1")
+    assert fake_log.live_now() == [start["pid"]]
 
 
 async def test_arguments_from_config_and_request(
@@ -79,7 +90,8 @@ async def test_arguments_from_config_and_request(
 async def test_resume_forks_and_keeps_context(
     make_launcher, workdir: Path, binding: MemoryBinding, fake_log: FakeClaudeLog
 ) -> None:
-    launcher = make_launcher(mode="history")
+    """One process per turn: the second turn resumes the stored session in a fork."""
+    launcher = make_launcher(mode="history", warm=False)
     first = await launcher.run(request(workdir, "one"))
     second = await launcher.run(request(workdir, "two", session_id=first.session_id))
     assert second.text == "history: one | two"
@@ -93,7 +105,7 @@ async def test_resume_forks_and_keeps_context(
 async def test_resume_without_fork_keeps_the_id(
     make_launcher, workdir: Path, fake_log: FakeClaudeLog, binding: MemoryBinding
 ) -> None:
-    launcher = make_launcher(mode="history", fork_session=False)
+    launcher = make_launcher(mode="history", fork_session=False, warm=False)
     first = await launcher.run(request(workdir, "one"))
     second = await launcher.run(request(workdir, "two", session_id=first.session_id))
     assert second.session_id == first.session_id
@@ -171,7 +183,8 @@ async def test_permanent_failures_are_not_retried(
         await launcher.run(request(workdir))
     assert reason in str(info.value)
     assert info.value.attempts == 1
-    assert info.value.exit_code == 1
+    # max_turns is a result of a live process; the other two refuse to start at all
+    assert info.value.exit_code == (None if mode == "max_turns" else 1)
     assert len(fake_log.starts()) == 1
     assert launcher.stats().retried == 0
 
@@ -238,7 +251,10 @@ def test_config_from_settings() -> None:
         permission_mode="plan",
         allowed_tools=("Bash", "Edit"),
         model=None,
+        env_drop=tuple(Settings.model_fields),
     )
+    # the bot's own settings and secrets are kept from the child (hardening #7)
+    assert {"FEISHU_APP_SECRET", "FEISHU_APP_ID", "CLAUDE_BIN"} <= set(cfg.env_drop)
     assert LauncherConfig.from_settings(settings, kill_grace=1.0).kill_grace == 1.0
     with pytest.raises(ValueError):
         LauncherConfig(bin="x", max_concurrent=0)
@@ -247,5 +263,6 @@ def test_config_from_settings() -> None:
 def test_log_records_are_json(fake_log: FakeClaudeLog) -> None:
     # the helper tolerates a missing file
     assert fake_log.records() == []
-    fake_log.path.write_text(json.dumps({"event": "start", "pid": 1, "mono": 0.0}) + "\n")
+    record = {"event": "start", "pid": 1, "mono": 0.0, "prompt_head": ""}
+    fake_log.path.write_text(json.dumps(record) + "\n")
     assert fake_log.starts()[0]["pid"] == 1

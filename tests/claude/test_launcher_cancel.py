@@ -1,4 +1,9 @@
-"""Cancellation at every stage frees the slot and the queue place, and leaves no process."""
+"""Cancellation (``/stop``, shutdown) at every stage frees the slot and the queue place.
+
+A warm process (the default) is interrupted and stays for the conversation's next turn; with
+``warm=False`` (one process per turn) nothing is left behind. Either way the tool's children die
+with the turn.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,15 @@ from pathlib import Path
 import pytest
 
 from feishu_bot.errors import TurnCancelled
-from tests.claude.support import EventRecorder, alive_pids, fake_cli_processes, request
+from tests.claude.support import (
+    EventRecorder,
+    alive_pids,
+    fake_cli_processes,
+    open_gate,
+    request,
+    turn_pids,
+    wait_exit,
+)
 from tests.fakes.fake_claude_log import FakeClaudeLog
 
 
@@ -28,7 +41,7 @@ async def test_cancel_while_queued(
 ) -> None:
     launcher = make_launcher(max_concurrent=1)
     holder = asyncio.create_task(launcher.run(request(workdir, "[[fake:gate]] h", key="h")))
-    await fake_log.wait_for(lambda r: any(x["event"] == "start" for x in r))
+    await fake_log.wait_for(lambda r: any(x["event"] == "turn_start" for x in r))
     queued = asyncio.Event()
 
     async def on_queued(position: int) -> None:
@@ -40,60 +53,86 @@ async def test_cancel_while_queued(
     await cancel_and_wait(waiting)
     assert launcher.stats().queued == 0
     assert launcher.queue_position("w") is None
-    (Path(fake_env["HOME"]) / "gate").touch()
+    open_gate(fake_env)
     await holder
     assert [s["prompt_head"] for s in fake_log.starts()] == ["[[fake:gate]] h"]
+    assert [t["prompt_head"] for t in fake_log.turns()] == ["[[fake:gate]] h"]
     assert_idle(launcher)
 
 
-async def test_cancel_while_the_process_starts(
-    make_launcher, workdir: Path, fake_log: FakeClaudeLog
+@pytest.mark.parametrize("warm", [True, False])
+async def test_cancel_before_the_first_output(
+    make_launcher, workdir: Path, fake_log: FakeClaudeLog, warm: bool
 ) -> None:
-    """The CLI runs but has printed nothing yet."""
-    launcher = make_launcher(mode="hang_before_init")
+    """The CLI runs the turn but has printed nothing yet: the interrupt still ends it."""
+    launcher = make_launcher(mode="hang_before_init", warm=warm)
     task = asyncio.create_task(launcher.run(request(workdir)))
-    recs = await fake_log.wait_for(lambda r: [x for x in r if x["event"] == "start"])
-    pid = recs[0]["pid"]
+    await fake_log.wait_for(lambda r: any(x["event"] == "turn_start" for x in r))
+    pid = fake_log.starts()[0]["pid"]
     await cancel_and_wait(task)
-    assert alive_pids([pid]) == []
+    assert [c["subtype"] for c in fake_log.controls("interrupt")] == ["interrupt"]
     assert_idle(launcher)
     assert launcher.stats().cancelled == 1
+    if warm:
+        assert alive_pids([pid]) == [pid]
+        assert launcher.is_warm("p2p:c1") and launcher.stats().warm_idle == 1
+    else:
+        assert alive_pids([pid]) == []
+        assert not launcher.is_warm("p2p:c1") and launcher.stats().warm_idle == 0
+    result = await launcher.run(request(workdir, "[[fake:echo]] next"))
+    assert result.text == "echo: [[fake:echo]] next"
+    assert (turn_pids(fake_log)[1] == pid) is warm
 
 
+@pytest.mark.parametrize("warm", [True, False])
 @pytest.mark.parametrize("ticks", [0, 1, 2, 3, 5, 8, 13, 21, 34])
 async def test_cancel_at_any_early_moment_leaves_nothing_behind(
-    make_launcher, workdir: Path, tmp_path: Path, ticks: int
+    make_launcher, workdir: Path, tmp_path: Path, fake_log: FakeClaudeLog, ticks: int, warm: bool
 ) -> None:
-    """Cancel after a few loop iterations: inside create_subprocess_exec, the stdin write, ..."""
-    launcher = make_launcher(mode="hang")
+    """Cancel after a few loop iterations: inside create_subprocess_exec, the stdin write, ...
+
+    Nothing runs on unattended: the process is gone, or idle and answering the next turn with
+    that turn's own result (not the cancelled one's)."""
+    launcher = make_launcher(mode="hang", warm=warm)
     task = asyncio.create_task(launcher.run(request(workdir)))
     for _ in range(ticks):
         await asyncio.sleep(0)
     await cancel_and_wait(task)
     assert_idle(launcher)
-    assert fake_cli_processes(str(tmp_path)) == []
-    # the slot is really free: the next turn runs
-    ok = make_launcher()
-    assert (await ok.run(request(workdir, "after"))).text == "echo: after"
+    live = fake_cli_processes(str(tmp_path))
+    if warm:
+        assert len(live) <= 1
+        assert launcher.stats().warm_idle == len(live)
+    else:
+        assert live == []
+    # the slot is really free and the process (if any) is idle: the next turn gets its own answer
+    result = await asyncio.wait_for(launcher.run(request(workdir, "[[fake:echo]] after")), 30)
+    assert result.text == "echo: [[fake:echo]] after"
 
 
+@pytest.mark.parametrize("warm", [True, False])
 async def test_cancel_while_streaming(
-    make_launcher, workdir: Path, fake_log: FakeClaudeLog
+    make_launcher, workdir: Path, fake_log: FakeClaudeLog, warm: bool
 ) -> None:
-    launcher = make_launcher(mode="spawn_child", max_concurrent=1)
+    launcher = make_launcher(mode="spawn_child", max_concurrent=1, warm=warm)
     recorder = EventRecorder()
     task = asyncio.create_task(launcher.run(request(workdir), on_event=recorder))
     event = await recorder.wait_kind("text")
     assert event.text == "working"
     await fake_log.wait_for(lambda r: any(x["event"] == "child" for x in r))
     child = fake_log.records("child")[0]
-    pids = [fake_log.starts()[0]["pid"], child["child_pid"], child["grandchild_pid"]]
+    cli = fake_log.starts()[0]["pid"]
     await cancel_and_wait(task)
-    assert alive_pids(pids) == []
+    # the tool's processes die with the turn, the CLI only without warm sessions
+    assert alive_pids([child["child_pid"], child["grandchild_pid"]]) == []
+    assert alive_pids([cli]) == ([cli] if warm else [])
+    (end,) = await fake_log.wait_for(lambda r: [x for x in r if x["event"] == "turn_end"])
+    assert end["terminal_reason"] == "aborted_streaming"
     assert_idle(launcher)
     # the slot was released: a new turn runs at once
     result = await launcher.run(request(workdir, "[[fake:echo]] next"))
     assert result.text == "echo: [[fake:echo]] next"
+    assert (turn_pids(fake_log)[1] == cli) is warm
 
 
 async def test_cancel_while_sleeping_between_retries(
@@ -105,7 +144,7 @@ async def test_cancel_while_sleeping_between_retries(
         sleeping.set()
         await asyncio.Event().wait()  # forever
 
-    launcher = make_launcher(mode="api_error", sleep=sleep, max_concurrent=1)
+    launcher = make_launcher(mode="api_error", sleep=sleep, max_concurrent=1, warm=False)
     task = asyncio.create_task(launcher.run(request(workdir)))
     await sleeping.wait()
     stats = launcher.stats()
@@ -117,21 +156,23 @@ async def test_cancel_while_sleeping_between_retries(
     assert len(fake_log.starts()) == 1
 
 
-async def test_second_cancel_during_the_kill_still_waits_for_the_tree(
+async def test_second_cancel_during_the_stop_still_waits_for_the_tree(
     make_launcher, workdir: Path, fake_log: FakeClaudeLog
 ) -> None:
-    launcher = make_launcher(mode="hang_ignore_term", kill_grace=0.5)
+    """A CLI deaf to the interrupt is killed after the grace, even if /stop comes twice."""
+    launcher = make_launcher(mode="hang_deaf", interrupt_grace=0.5, kill_grace=0.5)
     task = asyncio.create_task(launcher.run(request(workdir)))
-    recs = await fake_log.wait_for(lambda r: [x for x in r if x["event"] == "start"])
-    pid = recs[0]["pid"]
-    await asyncio.sleep(0.05)
+    await fake_log.wait_for(lambda r: any(x["event"] == "turn_start" for x in r))
+    pid = fake_log.starts()[0]["pid"]
     task.cancel()
-    await asyncio.sleep(0.1)  # now inside the grace period
-    task.cancel()
+    await fake_log.wait_for(lambda r: any(x.get("subtype") == "interrupt" for x in r))
+    task.cancel()  # now inside the interrupt grace
     with pytest.raises(asyncio.CancelledError):
         await task
     assert alive_pids([pid]) == []
+    assert (await wait_exit(fake_log, pid))["signal"] == "SIGTERM"
     assert_idle(launcher)
+    assert launcher.stats().warm_idle == 0 and not launcher.is_warm("p2p:c1")
 
 
 async def test_aclose_cancels_running_and_queued_turns(
@@ -154,5 +195,20 @@ async def test_aclose_cancels_running_and_queued_turns(
     assert alive_pids(pids) == []
     assert fake_cli_processes(str(tmp_path)) == []
     assert_idle(launcher)
+    assert launcher.stats().warm_idle == 0
     with pytest.raises(TurnCancelled):
         await launcher.run(request(workdir))
+
+
+async def test_stop_while_a_big_message_is_still_being_written(
+    make_launcher, workdir: Path, fake_log: FakeClaudeLog
+) -> None:
+    """Regression: a stop during the stdin write of a big prompt returned without interrupting,
+    the warm CLI went on with a turn nobody waited for, and the next turn got its result."""
+    launcher = make_launcher(mode="hang")
+    task = asyncio.create_task(launcher.run(request(workdir, "x" * 16_000_000)))
+    await fake_log.wait_for(lambda r: any(x["event"] == "start" for x in r))
+    await cancel_and_wait(task)
+    assert_idle(launcher)
+    result = await asyncio.wait_for(launcher.run(request(workdir, "[[fake:echo]] after")), 30)
+    assert result.text == "echo: [[fake:echo]] after"

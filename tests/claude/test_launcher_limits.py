@@ -2,6 +2,8 @@
 
 Concurrency is measured from the fake CLI's own start/exit records, not from the launcher's
 counters: the [start, exit] interval of a fake run lies inside the launcher's [spawn, reap].
+Warm processes stay after their turn, so the cap counts them too: a turn of a new conversation
+evicts the least recently used idle one.
 """
 
 from __future__ import annotations
@@ -12,12 +14,8 @@ from pathlib import Path
 import pytest
 
 from feishu_bot.errors import QueueFull
-from tests.claude.support import request
+from tests.claude.support import open_gate, request
 from tests.fakes.fake_claude_log import FakeClaudeLog
-
-
-def open_gate(fake_env: dict[str, str]) -> None:
-    (Path(fake_env["HOME"]) / "gate").touch()
 
 
 async def test_cap_holds_with_30_concurrent_turns(
@@ -29,16 +27,19 @@ async def test_cap_holds_with_30_concurrent_turns(
         for i in range(30)
     ]
     # The first five block on the gate; nobody else may start meanwhile.
-    await fake_log.wait_for(lambda r: len([x for x in r if x["event"] == "start"]) == 5)
+    await fake_log.wait_for(lambda r: len([x for x in r if x["event"] == "turn_start"]) == 5)
     stats = launcher.stats()
     assert (stats.active, stats.queued) == (5, 25)
     open_gate(fake_env)
     results = await asyncio.gather(*tasks)
     assert [r.text for r in results] == [f"echo: turn {i}" for i in range(30)]
     assert len(fake_log.starts()) == 30
-    assert fake_log.max_overlap() == 5
     stats = launcher.stats()
-    assert (stats.ok, stats.active, stats.queued) == (30, 0, 0)
+    assert (stats.ok, stats.active, stats.queued, stats.warm_idle) == (30, 0, 0, 5)
+    assert stats.evictions == 25
+    assert fake_log.max_overlap(require_exit=False) == 5
+    await launcher.aclose()
+    assert fake_log.max_overlap() == 5  # every process logged its exit by now
 
 
 async def test_cap_holds_under_churn(make_launcher, workdir: Path, fake_log: FakeClaudeLog) -> None:
@@ -58,6 +59,7 @@ async def test_cap_holds_under_churn(make_launcher, workdir: Path, fake_log: Fak
         )
     finally:
         sampler.cancel()
+    await launcher.aclose()
     assert fake_log.max_overlap() <= 3
     assert peak_active == 3
 
@@ -65,10 +67,13 @@ async def test_cap_holds_under_churn(make_launcher, workdir: Path, fake_log: Fak
 async def test_cap_counts_processes_being_killed(
     make_launcher, workdir: Path, fake_log: FakeClaudeLog
 ) -> None:
-    """A slot is free only after wait(): a SIGTERM-ignoring CLI keeps its slot for the grace."""
-    launcher = make_launcher(mode="hang_ignore_term", max_concurrent=1, kill_grace=0.5)
+    """A slot is free only after wait(): a CLI that ignores the interrupt and SIGTERM keeps its
+    slot for both graces."""
+    launcher = make_launcher(
+        mode="hang_deaf_ignore_term", max_concurrent=1, interrupt_grace=0.3, kill_grace=0.5
+    )
     first = asyncio.create_task(launcher.run(request(workdir, "a", key="p2p:a")))
-    await fake_log.wait_for(lambda r: len([x for x in r if x["event"] == "start"]) == 1)
+    await fake_log.wait_for(lambda r: len([x for x in r if x["event"] == "turn_start"]) == 1)
     second = asyncio.create_task(launcher.run(request(workdir, "[[fake:echo]] b", key="p2p:b")))
     await asyncio.sleep(0)
     first.cancel()
@@ -77,8 +82,8 @@ async def test_cap_counts_processes_being_killed(
     result = await second
     assert result.text == "echo: [[fake:echo]] b"
     starts = {r["prompt_head"]: r for r in fake_log.starts()}
-    # The first run never logs an exit (SIGKILL); the second started after the grace expired.
-    assert starts["[[fake:echo]] b"]["mono"] - starts["a"]["mono"] >= 0.5
+    # The first run never logs an exit (SIGKILL); the second started after both graces.
+    assert starts["[[fake:echo]] b"]["mono"] - starts["a"]["mono"] >= 0.8
 
 
 async def test_global_fifo_order(
@@ -86,7 +91,7 @@ async def test_global_fifo_order(
 ) -> None:
     launcher = make_launcher(max_concurrent=1, queue_max=10)
     holder = asyncio.create_task(launcher.run(request(workdir, "[[fake:gate]] hold", key="k0")))
-    await fake_log.wait_for(lambda r: any(x["event"] == "start" for x in r))
+    await fake_log.wait_for(lambda r: any(x["event"] == "turn_start" for x in r))
     tasks = []
     for i in range(1, 6):
         queued = asyncio.Event()
@@ -112,7 +117,7 @@ async def test_one_turn_at_a_time_per_conversation_in_order(
 ) -> None:
     launcher = make_launcher(max_concurrent=5, queue_max=10)
     first = asyncio.create_task(launcher.run(request(workdir, "[[fake:gate]] a1", key="p2p:a")))
-    await fake_log.wait_for(lambda r: any(x["event"] == "start" for x in r))
+    await fake_log.wait_for(lambda r: any(x["event"] == "turn_start" for x in r))
     later = [
         asyncio.create_task(launcher.run(request(workdir, f"a{i}", key="p2p:a"))) for i in (2, 3, 4)
     ]
@@ -125,13 +130,16 @@ async def test_one_turn_at_a_time_per_conversation_in_order(
     assert [r.text for r in results] == [
         f"echo: {'[[fake:gate]] ' if i == 1 else ''}a{i}" for i in (1, 2, 3, 4)
     ]
+    await fake_log.wait_for(lambda r: sum(x["event"] == "turn_end" for x in r) == 5)
     recs = fake_log.records()
-    starts = {r["prompt_head"]: r["mono"] for r in recs if r["event"] == "start"}
-    exits = {r["prompt_head"]: r["mono"] for r in recs if r["event"] == "exit"}
-    assert starts["b1"] < exits["[[fake:gate]] a1"]
-    assert starts["a2"] >= exits["[[fake:gate]] a1"]
-    assert starts["a3"] >= exits["a2"]
-    assert starts["a4"] >= exits["a3"]
+    starts = {r["prompt_head"]: r["mono"] for r in recs if r["event"] == "turn_start"}
+    ends = {r["prompt_head"]: r["mono"] for r in recs if r["event"] == "turn_end"}
+    assert starts["b1"] < ends["[[fake:gate]] a1"]
+    assert starts["a2"] >= ends["[[fake:gate]] a1"]
+    assert starts["a3"] >= ends["a2"]
+    assert starts["a4"] >= ends["a3"]
+    # all of a's turns ran in its one warm process
+    assert len({r["pid"] for r in fake_log.turns("a")}) == 1
 
 
 async def test_queue_overflow_is_refused_at_once(
@@ -145,7 +153,7 @@ async def test_queue_overflow_is_refused_at_once(
     queued = [
         asyncio.create_task(launcher.run(request(workdir, f"q{i}", key=f"q{i}"))) for i in range(20)
     ]
-    await fake_log.wait_for(lambda r: len([x for x in r if x["event"] == "start"]) == 5)
+    await fake_log.wait_for(lambda r: len([x for x in r if x["event"] == "turn_start"]) == 5)
     await asyncio.sleep(0)
     stats = launcher.stats()
     assert (stats.active, stats.queued) == (5, 20)
@@ -157,8 +165,9 @@ async def test_queue_overflow_is_refused_at_once(
     assert launcher.stats().oldest_wait_s >= 0.0
     open_gate(fake_env)
     await asyncio.gather(*running, *queued)
-    assert fake_log.max_overlap() <= 5
     assert launcher.stats().ok == 25
+    await launcher.aclose()
+    assert fake_log.max_overlap() <= 5
 
 
 async def test_queue_positions_are_reported_and_move_up(
@@ -166,7 +175,7 @@ async def test_queue_positions_are_reported_and_move_up(
 ) -> None:
     launcher = make_launcher(max_concurrent=1, queue_max=5)
     holder = asyncio.create_task(launcher.run(request(workdir, "[[fake:gate]] h", key="h")))
-    await fake_log.wait_for(lambda r: any(x["event"] == "start" for x in r))
+    await fake_log.wait_for(lambda r: any(x["event"] == "turn_start" for x in r))
     positions: dict[str, list[int]] = {"b": [], "c": [], "d": []}
     tasks = {}
     for name in ("b", "c", "d"):

@@ -44,37 +44,38 @@ Environment:
   all processes uses item *n*, the last item repeats; needs ``FAKE_CLAUDE_STATE``). A prompt
   containing ``[[fake:MODE]]`` overrides it for that turn. Modes:
 
-  ``echo`` (default) answer ``echo: <prompt>``; ``history`` answer ``history: p1 | p2 | ...``
-  (the prompts the model would see: the session's, this one included); ``slow`` echo in 5
-  chunks, ``FAKE_CLAUDE_DELAY`` s (default 0.05) before each, interruptible; ``hang`` init +
-  some text, then wait (interruptible); ``hang_before_init`` wait before init;
-  ``hang_ignore_term`` like hang, SIGTERM ignored; ``hang_deaf`` like hang, interrupts
-  acknowledged but ignored; ``stale`` a ``--resume`` fails as stale; ``api_error`` 529 after the
-  CLI's retries (result ``is_error``, ``api_error_status`` 529; a stream-json process stays
-  alive); ``crash`` / ``crash_mid_turn`` some text, then exit 1 without a result;
-  ``die_between_turns`` a normal turn, then exit 1 ``FAKE_CLAUDE_DIE_AFTER`` s (default 0.2)
+  ``echo`` (default) answer ``echo: <prompt>``; ``history`` answer ``history: p1 | p2 | ...`` (the
+  prompts the model would see: the session's, this one included); ``slow`` echo in 5 chunks,
+  ``FAKE_CLAUDE_DELAY`` s (default 0.05) before each, interruptible; ``hang`` init + some text, then
+  wait (interruptible); ``hang_before_init`` wait before init; ``hang_ignore_term`` like hang,
+  SIGTERM ignored; ``hang_deaf`` like hang, interrupts acknowledged but ignored;
+  ``hang_deaf_ignore_term`` both (only SIGKILL ends it); ``stale`` a ``--resume`` fails as stale;
+  ``api_error`` 529 after the CLI's retries (result ``is_error``, ``api_error_status`` 529; a
+  stream-json process stays alive); ``crash`` / ``crash_mid_turn`` some text, then exit 1 without a
+  result; ``die_between_turns`` a normal turn, then exit 1 ``FAKE_CLAUDE_DIE_AFTER`` s (default 0.2)
   later while idle; ``sigkill`` die by SIGKILL; ``spawn_child`` start a grandchild in its own
-  session and a child in the CLI's process group, log both pids, then hang (an interrupt kills
-  both, as the real CLI kills a running tool's processes); ``big_line`` one
-  ``FAKE_CLAUDE_BIG_BYTES`` (default 1 MiB) tool_result line, then echo; ``gate`` wait until the
-  file ``FAKE_CLAUDE_GATE`` (default ``$HOME/gate``) exists, then echo; ``tool`` one Bash round
-  (no permission asked), then echo; ``perm`` a Bash tool_use of ``FAKE_CLAUDE_PERM_COMMAND``
-  (default ``touch made_by_tool.txt``) and a ``can_use_tool`` like the real one; allow → run
-  with /bin/sh in the cwd, answer ``done after tool``; deny → answer ``tool denied: <message>``;
-  deny with ``interrupt`` → ``aborted_tools``; an error response → ``tool denied: Tool
-  permission request failed: Error: <error>``; stdin closed while waiting → ``... AbortError:
-  Tool permission stream closed before response received`` (measured); ``ask`` an
-  AskUserQuestion ("Pick a colour", Red/Blue), answer ``answered: <answers>`` from
-  ``updatedInput["answers"]``; ``mcp`` a ``tools/call`` of ``FAKE_CLAUDE_MCP_TOOL`` (default
-  ``send_file``) on ``FAKE_CLAUDE_MCP_SERVER`` (default: the first SDK server, else ``feishu``)
-  with ``FAKE_CLAUDE_MCP_ARGS`` (JSON, default ``{"path": "out.txt"}``), answer ``mcp: <text>``
-  (or ``mcp error: ...``); ``edit_then_529`` append a line to ``FAKE_CLAUDE_EDIT_FILE`` (default
-  ``<cwd>/edited.txt``) through an Edit tool, then fail with 529; ``max_turns`` result
-  ``error_max_turns``; ``root_bypass`` the root + bypass refusal; ``bad_arg`` an unknown-option
-  error. Permissions follow ``--permission-mode`` (bypassPermissions allows all, acceptEdits
-  allows Edit/Write) and ``--allowedTools`` (``Bash``, ``Bash(cmd)``, ``Bash(prefix:*)``,
-  ``mcp__server``, ``mcp__server__tool``); otherwise ``can_use_tool`` is sent with
-  ``--permission-prompt-tool stdio`` in stream-json mode, else the tool is denied.
+  session and a child in the CLI's process group, log both pids, then hang (an interrupt kills both,
+  as the real CLI kills a running tool's processes); ``big_line`` one ``FAKE_CLAUDE_BIG_BYTES``
+  (default 1 MiB) tool_result line, then echo; ``gate`` wait until the file ``FAKE_CLAUDE_GATE``
+  (default ``$HOME/gate``) exists, then echo; ``tool`` one Bash round (no permission asked), then
+  echo; ``perm`` a Bash tool_use of ``FAKE_CLAUDE_PERM_COMMAND`` (default ``touch
+  made_by_tool.txt``) and a ``can_use_tool`` like the real one; allow → run with /bin/sh in the cwd,
+  answer ``done after tool``; deny → answer ``tool denied: <message>``; deny with ``interrupt`` →
+  ``aborted_tools``; an error response → ``tool denied: Tool permission request failed: Error:
+  <error>``; stdin closed while waiting → ``... AbortError: Tool permission stream closed before
+  response received`` (measured); ``ask`` an AskUserQuestion ("Pick a colour", Red/Blue), answer
+  ``answered: <answers>`` from ``updatedInput["answers"]``; ``mcp`` a ``tools/call`` of
+  ``FAKE_CLAUDE_MCP_TOOL`` (default ``send_file``) on ``FAKE_CLAUDE_MCP_SERVER`` (default: the first
+  SDK server, else ``feishu``) with ``FAKE_CLAUDE_MCP_ARGS`` (JSON, default ``{"path":
+  "out.txt"}``), answer ``mcp: <text>`` (or ``mcp error: ...``); ``unknown_control`` send a
+  ``hook_callback`` control request and answer ``control: <response subtype> <error>``;
+  ``edit_then_529`` append a line to ``FAKE_CLAUDE_EDIT_FILE`` (default ``<cwd>/edited.txt``)
+  through an Edit tool, then fail with 529; ``max_turns`` result ``error_max_turns``;
+  ``root_bypass`` the root + bypass refusal; ``bad_arg`` an unknown-option error. Permissions follow
+  ``--permission-mode`` (bypassPermissions allows all, acceptEdits allows Edit/Write) and
+  ``--allowedTools`` (``Bash``, ``Bash(cmd)``, ``Bash(prefix:*)``, ``mcp__server``,
+  ``mcp__server__tool``); otherwise ``can_use_tool`` is sent with ``--permission-prompt-tool stdio``
+  in stream-json mode, else the tool is denied.
 - ``FAKE_CLAUDE_LOG``: a file to which one JSON line is appended per event, each with ``pid``,
   ``run`` (unique per process), ``time``, ``mono`` (``time.monotonic()``, comparable across
   processes), ``argv``, ``input_format``, ``mode``, ``resume``, ``session_id``, ``turn``,
@@ -84,7 +85,8 @@ Environment:
   ``terminal_reason``, ``result_text``), ``control`` (each control message received: ``type``,
   ``subtype``, ``request_id``, ``behavior``), ``tool``/``tool_done`` (a Bash command run by
   ``perm``), ``edit``, ``mcp``, ``mcp_connect``, ``control_timeout``, ``child`` (``child_pid``,
-  ``grandchild_pid``), ``children_killed``, ``exit`` (last
+  ``grandchild_pid``), ``children_killed``, ``stdin_eof`` (``turn_active``: a turn was running
+  when stdin closed), ``exit`` (last
   thing, with ``code`` and ``reason``; also on SIGTERM/SIGINT; not on SIGKILL).
 - ``FAKE_CLAUDE_STATE``: a counter file for mode sequences (locked, safe for parallel runs).
 - ``FAKE_CLAUDE_SESSION_ID``: use this id for a new session instead of a random one.

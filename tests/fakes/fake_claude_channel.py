@@ -119,6 +119,8 @@ class Channel:
                 self._on_response(msg)
             elif kind == "control_cancel_request":
                 log("control", type=kind, request_id=msg.get("request_id"))
+        # Whether a turn was running when stdin closed: a launcher must never close a busy one.
+        log("stdin_eof", turn_active=self.turn_active)
         with self._lock:
             self.closed = True
             for pending in self._pending.values():

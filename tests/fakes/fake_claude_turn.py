@@ -49,6 +49,7 @@ REJECTED = (
     "was a file edit, the new_string was NOT written to the file). STOP what you are doing and "
     "wait for the user to tell you how to proceed."
 )
+HANG_MODES = ("hang", "hang_ignore_term", "hang_deaf", "hang_deaf_ignore_term", "spawn_child")
 STOPPED_WHILE_RUNNING = (
     " Correction to the text above: this call was stopped while running, not refused before it "
     "ran. It may have run in part or in full, and its changes may have been written."
@@ -198,7 +199,7 @@ class Turn:
             gate = Path(os.environ.get("FAKE_CLAUDE_GATE") or Path(os.environ["HOME"]) / "gate")
             while not gate.exists():
                 self.pause(0.01)
-        if mode in ("hang", "hang_ignore_term", "hang_deaf", "spawn_child"):
+        if mode in HANG_MODES:
             self._hang(mode)
         if mode == "api_error":
             return self._api_error()
@@ -247,6 +248,12 @@ class Turn:
             return self._answer(tools.ask_user(self))
         if mode == "mcp":
             return self._answer(tools.mcp_call(self))
+        if mode == "unknown_control":
+            # A control request the bot does not know (the real CLI sends hook_callback when
+            # hooks were registered): it must get an error response, never silence.
+            answer = self.proc.channel.request("hook_callback", callback_id="fake", input={})
+            answer = answer or {}
+            return self._answer(f"control: {answer.get('subtype')} {answer.get('error', '')}")
         if mode == "edit_then_529":
             tools.edit(self)
             return self._api_error()
@@ -271,7 +278,7 @@ class Turn:
             self.pause(3600)
 
     def _hang(self, mode: str) -> None:
-        if mode == "hang_ignore_term":
+        if mode in ("hang_ignore_term", "hang_deaf_ignore_term"):
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         children: list[subprocess.Popen[bytes]] = []
         if mode == "spawn_child":
@@ -282,7 +289,7 @@ class Turn:
         else:
             line = assistant_line(self.sid, msg_id(), [{"type": "text", "text": "working"}])
             emit(line)
-        if mode == "hang_deaf":
+        if mode in ("hang_deaf", "hang_deaf_ignore_term"):
             # Interrupts are acknowledged but never end this turn: only a kill does.
             self.proc.channel.deaf = True
             while True:
