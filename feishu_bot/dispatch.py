@@ -91,6 +91,7 @@ class Dispatcher:
             return None
         if msg.chat_type != "p2p" and not msg.mentioned_bot:
             return None
+        self._ctx.replier.note_chat(msg.message_id, msg.chat_id)  # pace its replies per chat
         with logger.contextualize(conversation=msg.conversation_key, message_id=msg.message_id):
             await self._route(msg)
         return None

@@ -146,8 +146,14 @@ async def run_chat_turn(
             duration_ms=int(result.extra.get("wall_ms", result.duration_ms) or 0),  # type: ignore[call-overload]
             cost_usd=result.cost_usd,
         )
-        if result.session_id and hasattr(ctx.store, "touch_session"):
-            await ctx.store.touch_session(msg.conversation_key, result.session_id, msg.text or "")
+        if result.session_id:
+            forked_from = conv.session_id if not result.stale_session_reset else None
+            await ctx.store.touch_session(
+                msg.conversation_key,
+                result.session_id,
+                msg.text or "",
+                replaces=forked_from if forked_from != result.session_id else None,
+            )
     except Exception:
         logger.exception("turn {} could not be journaled", turn_id)
     first = result.extra.get("first_text_s")

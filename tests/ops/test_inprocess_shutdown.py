@@ -16,7 +16,7 @@ async def test_message_acked_after_stop_accepting_is_journaled_and_runs_after_re
     running = await start_bot(fake_cli=True)
     # The gateway is still connected, as when its thread delivers one last event while the
     # bot stops: the SDK acks it, so it must not be dropped.
-    running.bot.dispatcher.stop_accepting()
+    running.bot._ctx.conversations.stop_accepting()
     mid = await sim.push_message(text="one last message")
     assert (await sim.wait_ack(mid)).code == 200
     await final_text(sim, mid, contains="kept and will run when it is back")
