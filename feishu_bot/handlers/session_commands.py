@@ -75,8 +75,8 @@ def _summary(label: str, stats: Any) -> str:
     if not count:
         return f"{label}: no turns"
     ok = int(_field(stats, "ok") or 0)
-    median = _field(stats, "median_ms")
-    cost = float(_field(stats, "cost_usd") or 0.0)
+    median = _field(stats, "median_duration_ms")
+    cost = float(_field(stats, "total_cost_usd") or 0.0)
     latency = f"{float(median) / 1000:.1f}s" if median is not None else "?"
     return (
         f"{label}: {count} turns, {100 * ok / count:.0f}% ok, median {latency}, ${cost:.4f}"

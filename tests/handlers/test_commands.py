@@ -8,7 +8,9 @@ import pytest
 from database.store import SessionStore
 from feishu_bot.config import Settings
 from feishu_bot.context import BotContext
+from feishu_bot.conversations import Conversations
 from feishu_bot.events import InboundMessage
+from feishu_bot.feishu.access import AccessPolicy
 from feishu_bot.handlers.commands import COMMANDS, parse_command, run_command
 from feishu_bot.turns import TurnRegistry
 
@@ -47,7 +49,8 @@ async def ctx(tmp_path: Path):
         CLAUDE_WORKDIR=root,
         CLAUDE_MODEL="",
     )
-    yield BotContext(
+    conversations = Conversations(access=AccessPolicy([], [], True), stream_factory=None)
+    context = BotContext(
         settings=settings,
         store=store,
         launcher=_LauncherNumbers(),  # type: ignore[arg-type]
@@ -55,7 +58,10 @@ async def ctx(tmp_path: Path):
         turns=TurnRegistry(),
         workdir_root=root,
         gateway_status=lambda: {"connected": True, "reconnects": 0},
+        conversations=conversations,
     )
+    conversations.bind(context)
+    yield context
     await store.close()
 
 
@@ -67,7 +73,9 @@ def test_parse_command_only_knows_its_table() -> None:
     assert parse_command("/CD  proj/sub ") == ("cd", "proj/sub")
     assert parse_command("/compact the context") is None  # Claude's own command
     assert parse_command("hello /new") is None
-    assert set(COMMANDS) == {"help", "new", "stop", "status", "cd", "model"}
+    assert set(COMMANDS) == {
+        "help", "new", "stop", "status", "cd", "model", "sessions", "resume", "stats"
+    }
 
 
 async def test_help_lists_every_command(ctx: BotContext) -> None:
@@ -114,7 +122,7 @@ async def test_cd_refuses_symlink_escaping_the_workspace(ctx: BotContext, tmp_pa
     outside = tmp_path / "outside"
     outside.mkdir()
     (ctx.workdir_root / "link").symlink_to(outside)
-    assert "outside" in await run_command(ctx, MSG, "cd", "link")
+    assert "outside" in await run_command(ctx, MSG, "cd", str(ctx.workdir_root / "link"))
 
 
 async def test_model_sets_validates_and_resets(ctx: BotContext) -> None:
@@ -132,7 +140,8 @@ async def test_status_shows_conversation_and_bot(ctx: BotContext) -> None:
     text = await run_command(ctx, MSG, "status", "")
     assert MSG.conversation_key in text
     assert "session: none" in text and "model: opus" in text and "state: idle" in text
-    assert "2/5 running, 1 queued" in text and "websocket connected" in text
+    assert "2/5 running" in text and "1 queued" in text and "websocket connected" in text
+    assert "claude process: none" in text
 
 
 async def test_stop_with_nothing_running(ctx: BotContext) -> None:
@@ -191,3 +200,48 @@ async def test_unbounded_command_echo_model(ctx: BotContext) -> None:
     name = "claude-sonnet-4-5[1m]"
     assert name in await run_command(ctx, MSG, "model", name)
     assert "Model set" in await run_command(ctx, MSG, "model", "a" * 100)
+
+
+# -- sessions and numbers ---------------------------------------------------------------------
+
+
+async def test_sessions_lists_and_resume_switches_back(ctx: BotContext) -> None:
+    key = MSG.conversation_key
+    await run_command(ctx, MSG, "status", "")
+    assert "No Claude sessions" in await run_command(ctx, MSG, "sessions", "")
+    await ctx.store.ensure_conversation(
+        key, chat_id="oc_1", chat_type="p2p", thread_root=None, workdir=str(ctx.workdir_root)
+    )
+    old = "11111111-1111-1111-1111-111111111111"
+    new = "22222222-2222-2222-2222-222222222222"
+    await ctx.store.touch_session(key, old, "fix the flaky test please")
+    await ctx.store.touch_session(key, new, "write the release notes")
+    await ctx.store.set_session(key, new)
+    listing = await run_command(ctx, MSG, "sessions", "")
+    assert "22222222" in listing and "11111111" in listing and "← current" in listing
+    assert listing.index("22222222") < listing.index("11111111")  # newest first
+    assert "fix the flaky test" in listing
+    assert "Usage" in await run_command(ctx, MSG, "resume", "x")
+    assert "no session" in await run_command(ctx, MSG, "resume", "9")
+    assert "11111111" in await run_command(ctx, MSG, "resume", "2")
+    conv = await ctx.store.get_conversation(key)
+    assert conv.session_id == old
+
+
+async def test_stats_counts_turns_success_latency_and_cost(ctx: BotContext) -> None:
+    key = MSG.conversation_key
+    for n, (status, ms, cost) in enumerate(
+        [("done", 1000, 0.01), ("done", 3000, 0.02), ("failed", 500, 0.0)]
+    ):
+        turn = await ctx.store.accept_message(
+            f"om_s{n}", conversation_key=key, chat_id="oc_1", prompt="p", reply_in_thread=False
+        )
+        await ctx.store.update_turn(turn, status=status, duration_ms=ms, cost_usd=cost)
+    other = await ctx.store.accept_message(
+        "om_other", conversation_key="p2p:oc_2", chat_id="oc_2", prompt="p", reply_in_thread=False
+    )
+    await ctx.store.update_turn(other, status="done", duration_ms=2000, cost_usd=0.5)
+    text = await run_command(ctx, MSG, "stats", "")
+    assert "This conversation, total: 3 turns, 67% ok, median 1.0s, $0.0300" in text
+    assert "Whole bot, total: 4 turns, 75% ok" in text
+    assert "This conversation, today: 3 turns" in text
