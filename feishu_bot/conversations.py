@@ -121,9 +121,11 @@ class Conversations:
         self._start(msg, turn_id, ticket)
         return "accepted"
 
-    def _start(self, msg: InboundMessage, turn_id: int, ticket: Ticket) -> None:
+    def _start(
+        self, msg: InboundMessage, turn_id: int, ticket: Ticket, card: str | None = None
+    ) -> None:
         handle = self.ctx.turns.admit(msg.conversation_key, msg.message_id)
-        self.ctx.turns.start(handle, self._turn(msg, handle, turn_id, ticket))
+        self.ctx.turns.start(handle, self._turn(msg, handle, turn_id, ticket, card))
 
     async def _reply(self, msg: InboundMessage, text: str) -> None:
         try:
@@ -137,8 +139,28 @@ class Conversations:
         return self.ctx.turns.cancel_conversation(key, "stop")
 
     # ------------------------------------------------------------------ one turn
+    def _watch_ui(self, stream: Any, turn_id: int, card: str | None) -> None:
+        """Journal the turn's reaction and card as they appear; reuse a card a crashed run of
+        the same turn left behind."""
+        if card and hasattr(stream, "adopt"):
+            stream.adopt(card)
+        if not hasattr(stream, "on_ui"):
+            return
+        store, turns = self.ctx.store, self.ctx.turns
+
+        def on_ui(kind: str, value: str) -> None:
+            field = "reaction_id" if kind == "reaction" else "card_message_id"
+            turns.spawn(_set_ui(store, turn_id, field, value), name=f"ui:{turn_id}")
+
+        stream.on_ui = on_ui
+
     async def _turn(
-        self, msg: InboundMessage, handle: TurnHandle, turn_id: int, ticket: Ticket
+        self,
+        msg: InboundMessage,
+        handle: TurnHandle,
+        turn_id: int,
+        ticket: Ticket,
+        card: str | None = None,
     ) -> None:
         from feishu_bot.handlers.chat import run_chat_turn
 
@@ -147,6 +169,7 @@ class Conversations:
         with logger.contextualize(conversation=msg.conversation_key, message_id=msg.message_id):
             try:
                 stream = self._stream_factory(ctx.replier, msg.message_id, in_thread=msg.in_thread)
+                self._watch_ui(stream, turn_id, card)
                 if not self._accepting:
                     logger.info("turn {} arrived during shutdown: kept queued", turn_id)
                     ctx.launcher.cancel_reservation(ticket)
@@ -245,6 +268,7 @@ class Conversations:
                 await ctx.store.update_turn(turn.id, status="interrupted", error="bot restarted")
                 await self._tell_retrying(turn, wording.INTERRUPTED)
                 continue
+            card = turn.card_message_id
             msg = _message_of(turn)
             if not self._access.allows(msg.sender_open_id, msg.chat_id):
                 logger.warning("recovery: turn {} refused (sender no longer allowed)", turn.id)
@@ -257,7 +281,7 @@ class Conversations:
                 await ctx.store.update_turn(turn.id, status="failed", error="busy at recovery")
                 await self._tell_retrying(turn, wording.describe_error(exc)[0])
                 continue
-            self._start(msg, turn.id, ticket)
+            self._start(msg, turn.id, ticket, card)
 
     async def _cleanup_ui(self, turn: Turn) -> None:
         replier = self.ctx.replier
@@ -269,9 +293,18 @@ class Conversations:
                 logger.warning("recovery: could not remove the reaction of turn {}", turn.id)
 
     async def _tell_retrying(self, turn: Turn, text: str, attempts: int = 3) -> None:
-        """An interrupted/refused notice is retried, not dropped, when Feishu hiccups."""
+        """An interrupted/refused notice is retried, not dropped, when Feishu hiccups; it goes
+        into the turn's card when the crashed run left one, so no card stays stuck."""
         for attempt in range(attempts):
             try:
+                if turn.card_message_id and self._stream_factory is not None:
+                    stream = self._stream_factory(
+                        self.ctx.replier, turn.message_id, in_thread=bool(turn.reply_in_thread)
+                    )
+                    if hasattr(stream, "adopt"):
+                        stream.adopt(turn.card_message_id)
+                        await stream.fail(text)
+                        return
                 await self.ctx.replier.reply_text(
                     turn.message_id, text, in_thread=bool(turn.reply_in_thread)
                 )
@@ -280,6 +313,13 @@ class Conversations:
                 logger.warning("recovery: notice for turn {} failed (try {})", turn.id, attempt + 1)
                 await asyncio.sleep(0.5 * 2**attempt)
         logger.error("recovery: could not tell the user of turn {}", turn.id)
+
+
+async def _set_ui(store: Any, turn_id: int, field: str, value: str) -> None:
+    try:
+        await store.set_turn_ui(turn_id, **{field: value})
+    except Exception:
+        logger.warning("could not journal the {} of turn {}", field, turn_id)
 
 
 def _message_of(turn: Turn) -> InboundMessage:

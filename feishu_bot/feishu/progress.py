@@ -109,6 +109,22 @@ class ReplyStream:
         self._reaction_task: asyncio.Task[str | None] | None = None
         self._closed = False  # finish/fail began: progress is over
         self.patches = 0  # progress+final PATCH count (for tests and metrics)
+        # Told ("reaction"|"card", id) when either appears ("" when the reaction goes), so the
+        # owner can journal them and a restart can clean up or reuse them.
+        self.on_ui: Callable[[str, str], None] | None = None
+
+    def adopt(self, card_id: str) -> None:
+        """Continue in a card an earlier run of the same turn left (after a restart)."""
+        if self._card_id is None:
+            self._card_id = card_id
+            self._want_card = True
+
+    def _notify(self, kind: str, value: str) -> None:
+        if self.on_ui is not None:
+            try:
+                self.on_ui(kind, value)
+            except Exception:
+                logger.exception("reply stream UI callback failed")
 
     # -- context manager ---------------------------------------------------------------------
 
@@ -267,6 +283,7 @@ class ReplyStream:
             self._create_uncertain = True
             raise
         self._card_id = card_id
+        self._notify("card", card_id)
         if self._create_uncertain:
             # Feishu may have kept the first create (same uuid) with older content.
             self._create_uncertain = False
@@ -276,7 +293,9 @@ class ReplyStream:
 
     async def _add_reaction(self, emoji: str) -> str | None:
         try:
-            return await self._replier.add_reaction(self._reply_to, emoji)
+            reaction_id = await self._replier.add_reaction(self._reply_to, emoji)
+            self._notify("reaction", reaction_id)
+            return reaction_id
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a missing reaction is cosmetic
@@ -298,6 +317,7 @@ class ReplyStream:
             return
         try:
             await self._replier.remove_reaction(self._reply_to, reaction_id)
+            self._notify("reaction", "")
         except Exception as exc:  # cosmetic
             logger.warning("removing reaction failed: {}", exc)
 
