@@ -384,7 +384,14 @@ class Launcher:
                     fresh = True
                 else:
                     fresh = session.turns_done == 0
-                    spawned_from = ResumePoint(session.session_id)
+                    # With no completed turn its own session holds only stopped or failed
+                    # turns and no cut point: a retry after a crash goes back to where the
+                    # process began, or it would show the model this message twice.
+                    spawned_from = (
+                        session.origin
+                        if fresh and isinstance(session.origin, ResumePoint)
+                        else ResumePoint(session.session_id)
+                    )
                 before = (session.session_id, session.last_assistant_uuid)
                 self._attempt_started[ticket] = time.monotonic()
                 try:
@@ -564,6 +571,7 @@ class Launcher:
             on_exit=self._on_exit,
         )
         session.default_mcp = self.default_mcp
+        session.origin = resume
         try:
             await session.start()
         except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:

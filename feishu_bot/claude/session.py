@@ -153,6 +153,8 @@ class CliSession:
         self.session_id: str | None = None
         self.last_assistant_uuid: str | None = None
         self.turns_done = 0
+        # What the owner started this process from (its resume point); not used here.
+        self.origin: Any = None
         self.last_used = time.monotonic()
         self.exited = asyncio.Event()
         self._stderr = TailBuffer(stderr_tail_bytes)
