@@ -89,9 +89,7 @@ def _last_user_text(messages: list[dict[str, Any]]) -> str:
 
 def _images(messages: list[dict[str, Any]]) -> list[str]:
     """Media types of the image blocks in the last user message."""
-    if not messages or messages[-1].get("role") != "user":
-        return []
-    content = messages[-1].get("content")
+    content = _last_user(messages).get("content")
     blocks = content if isinstance(content, list) else []
     return [
         str((b.get("source") or {}).get("media_type") or "image")
@@ -100,11 +98,14 @@ def _images(messages: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def _last_user(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    # The CLI may put a "system" entry after the user's turn: look for the last user entry.
+    return next((m for m in reversed(messages) if m.get("role") == "user"), {})
+
+
 def _tool_result(messages: list[dict[str, Any]]) -> tuple[str, bool] | None:
     """(text, is_error) of a tool_result in the last user message, if it carries one."""
-    if not messages or messages[-1].get("role") != "user":
-        return None
-    content = messages[-1].get("content")
+    content = _last_user(messages).get("content")
     if not isinstance(content, list):
         return None
     for block in reversed(content):

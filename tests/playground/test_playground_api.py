@@ -129,8 +129,12 @@ async def test_image_upload_reaches_the_bot(playground: Playground) -> None:
         async with session.get(f"{pg.url}/api/resource/{key}") as resp:
             assert resp.status == 200 and resp.content_type == "image/png"
             assert await resp.read() == png
-        # The bot really fetched it from the simulator and answered (whatever it says).
-        await feed.until(lambda f: f.bot_replies(message_id))
+        # The bot answers the image (an image alone waits for its question), then the
+        # question: it downloads the image from the simulator and gives it to the model.
+        await feed.until(lambda f: f.finished_text(message_id))
+        question = await _send(session, pg, chat="p2p", text="what is this?")
+        text = await feed.until(lambda f: f.finished_text(question))
+    assert "I received 1 image(s) (image/png). You said: what is this?" in text
     fetched = [r for r in pg.sim.requests if r.path.endswith(f"/resources/{key}")]
     assert fetched and fetched[0].status == 200
 

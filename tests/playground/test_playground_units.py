@@ -59,7 +59,8 @@ def test_plan_notices_images() -> None:
     image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": ""}}
     note = {"type": "text", "text": "[Image: source: /tmp/x/1.png]"}
     asked = {"role": "user", "content": [{"type": "text", "text": "what is this"}, image, note]}
-    answer = plan_answer([asked])
+    env = {"role": "system", "content": [{"type": "text", "text": "# Environment"}]}
+    answer = plan_answer([asked, env])  # the CLI may put a system entry last
     assert "I received 1 image(s) (image/png). You said: what is this" in answer.text
 
 
