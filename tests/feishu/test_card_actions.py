@@ -39,12 +39,20 @@ async def ctx(tmp_path: Path) -> AsyncIterator[Any]:
     async with await SessionStore.open(tmp_path / "bot.db") as store:
         turns = TurnRegistry()
         broker = ApprovalBroker(store=store, signer=SIGNER, timeout=10)
+        closed: list[str] = []
+
+        async def close_session(key: str) -> None:
+            closed.append(key)
+
         yield SimpleNamespace(
             store=store,
             turns=turns,
-            settings=SimpleNamespace(FEISHU_APP_SECRET=SecretStr(SECRET)),
+            settings=SimpleNamespace(
+                FEISHU_APP_SECRET=SecretStr(SECRET), CLAUDE_SHARED_WORKDIR=False
+            ),
             approvals=broker,
             workdir_root=tmp_path,
+            launcher=SimpleNamespace(close_session=close_session, closed=closed),
         )
         await turns.aclose()
 
@@ -126,11 +134,15 @@ async def test_new_session_button(ctx):
         KEY, chat_id=CHAT, chat_type="p2p", thread_root=None, workdir="/w"
     )
     await ctx.store.set_session(KEY, "sess-1")
+    await ctx.store.grant_tool(KEY, "Bash", USER)
     new = SIGNER.value("new", conversation_key=KEY, turn_id=1)
     answer = await handle(ctx, click(new))
     assert answer["toast"]["type"] == "success"
     await ctx.turns.wait_idle(5)
+    # The same effect as /new: the session is forgotten, its warm process closed, grants gone.
     assert (await ctx.store.get_conversation(KEY)).session_id is None
+    assert ctx.launcher.closed == [KEY]
+    assert await ctx.store.list_grants(KEY) == []
 
 
 async def test_approval_clicks_reach_the_broker(ctx):
