@@ -435,6 +435,7 @@ class Launcher:
                     first_turn_of_process=fresh,
                     session_before=before[0],
                     uuid_before=before[1],
+                    forked=self._cfg.fork_session,
                 )
                 if step.action is Action.START_FRESH:
                     logger.warning("session {} is stale; starting a fresh session", req.session_id)

@@ -6,13 +6,14 @@ Rules (each measured on CLI 2.1.329, see FACTS):
 - Permanent failures (bad argument, not logged in, max turns, 4xx API errors) → give up.
 - A transient failure after a tool with side effects ran (an edit, a command) → give up and say
   what ran: running the request again would do it twice.
-- Otherwise retry up to ``max_retries`` times with exponential backoff and jitter:
-  in the same process when it is still alive (a turn that failed with an API error is not in
-  the next request, so the model never sees the user's message twice), or in a new process
-  that resumes the session where the failed turn began: the session the process was started
-  from if the failure was in its first turn (``--fork-session`` left that one untouched), else
-  the process's own session cut at the last assistant message of the previous turn
-  (``--resume-session-at``), forked, so the crashed turn's half is never shown to the model.
+- Otherwise retry up to ``max_retries`` times with exponential backoff and jitter, always in
+  a new process that resumes the session where the failed turn began: the session the process
+  was started from if the failure was in its first turn (``--fork-session`` left that one
+  untouched), else the process's own session cut at the last assistant message of the previous
+  turn (``--resume-session-at``), forked, so the failed turn is never shown to the model.
+  Never in the same process, even when it survived: measured on 2.1.329, a turn that failed
+  with a 529 stays in the history (its prompt is merged into the next user message, in the
+  same process and after a plain ``--resume``), so resending it there shows it twice.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class ResumePoint:
 
 
 class Action(StrEnum):
-    RETRY_SAME = "retry_same"  # same live process
+    RETRY_SAME = "retry_same"  # same live process (unused: see the module docstring)
     RETRY_NEW = "retry_new"  # new process from a resume point
     START_FRESH = "start_fresh"  # stale session: new process without --resume
     GIVE_UP = "give_up"
@@ -60,8 +61,11 @@ def decide(
     first_turn_of_process: bool,
     session_before: str | None,
     uuid_before: str | None,
+    forked: bool = True,
 ) -> Decision:
-    """The next step after attempt number ``attempts`` (1-based) failed with ``verdict``."""
+    """The next step after attempt number ``attempts`` (1-based) failed with ``verdict``.
+
+    ``forked``: processes resume with ``--fork-session`` (their base stays untouched)."""
     if verdict.outcome is Outcome.STALE:
         if spawned_from.session_id and not stale_reset_done:
             return Decision(Action.START_FRESH, ResumePoint(), "stale session")
@@ -72,9 +76,11 @@ def decide(
         return Decision(Action.GIVE_UP, reason="side effects")
     if attempts > max_retries:
         return Decision(Action.GIVE_UP, reason="retries exhausted")
-    if process_alive:
-        return Decision(Action.RETRY_SAME)
     if first_turn_of_process or not session_before:
+        if spawned_from.session_id and not forked:
+            # Resumed without --fork-session: the base now holds the failed turn, and there
+            # is no cut point in it we know of.
+            return Decision(Action.GIVE_UP, reason="session changed in place")
         return Decision(Action.RETRY_NEW, spawned_from)
     if uuid_before is None:
         # Nothing to cut at: resuming would show the model the crashed half of this turn.

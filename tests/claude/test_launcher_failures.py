@@ -1,9 +1,9 @@
 """Failure classes: stale sessions, transient retries with backoff, timeouts.
 
-With warm sessions a 529 is retried in the same process (the failed turn is not in the next
-request), a stale ``--resume`` is cleared and the turn starts fresh once, and a timeout
-interrupts the turn and keeps the process; the tree is killed only when the interrupt is
-ignored.
+A 529 is retried in a new process resumed from just before the failed turn (measured: the
+failed turn stays in the CLI's history, even in the same process); a stale ``--resume`` is
+cleared and the turn starts fresh once; a timeout interrupts the turn and keeps the process,
+and the tree is killed only when the interrupt is ignored.
 """
 
 from __future__ import annotations
@@ -15,6 +15,10 @@ import pytest
 from feishu_bot.errors import TransientCliError, TurnTimeout
 from tests.claude.support import MemoryBinding, alive_pids, request, turn_pids, wait_exit
 from tests.fakes.fake_claude_log import FakeClaudeLog
+
+
+def arg(argv: list[str], name: str) -> str | None:
+    return argv[argv.index(name) + 1] if name in argv else None
 
 
 class RecordingSleep:
@@ -78,8 +82,8 @@ async def test_stale_then_transient_failure_retries_fresh(
     make_launcher, workdir: Path, fake_log: FakeClaudeLog
 ) -> None:
     sleep = RecordingSleep()
-    # the unknown --resume is refused at start (uses no mode); then turn 1: api error,
-    # retried in the same fresh process: turn 2 fine
+    # the unknown --resume is refused at start (uses no mode); then turn 1: api error in the
+    # fresh process; its retry (a new fresh process: nothing to go back to) is fine
     launcher = make_launcher(mode="api_error,echo", sleep=sleep, max_retries=1)
     result = await launcher.run(request(workdir, "x", session_id="no-such-session"))
     assert result.stale_session_reset is True
@@ -87,31 +91,37 @@ async def test_stale_then_transient_failure_retries_fresh(
     assert result.attempts == 3
     assert len(sleep.delays) == 1
     argvs = [s["argv"] for s in fake_log.starts()]
-    assert ["--resume" in a for a in argvs] == [True, False]
-    assert len(set(turn_pids(fake_log))) == 1
+    assert ["--resume" in a for a in argvs] == [True, False, False]
 
 
 # ---------------------------------------------------------------- transient retries
-async def test_529_is_retried_in_the_same_process_with_backoff_then_given_up(
+async def test_529_is_retried_in_a_new_process_cut_before_the_failed_turn(
     make_launcher, workdir: Path, fake_log: FakeClaudeLog
 ) -> None:
+    """Measured on 2.1.329: a turn that failed with 529 stays in the CLI's history, so it is
+    never resent in the same process; each retry resumes before it (--resume-session-at)."""
     sleep = RecordingSleep()
-    launcher = make_launcher(mode="api_error", sleep=sleep, max_retries=2, retry_delay=0.5)
+    launcher = make_launcher(mode="echo,api_error", sleep=sleep, max_retries=2, retry_delay=0.5)
+    first = await launcher.run(request(workdir, "one"))
     with pytest.raises(TransientCliError) as info:
-        await launcher.run(request(workdir))
+        await launcher.run(request(workdir, "two", session_id=first.session_id))
     assert info.value.attempts == 3
-    assert info.value.exit_code is None  # the process is alive, not crashed
+    assert info.value.exit_code is None  # a failed result, not a crash
     assert "529" in str(info.value)
     assert info.value.side_effects == ()
-    assert len(fake_log.starts()) == 1
-    assert len(fake_log.turns()) == 3
+    starts = fake_log.starts()
+    assert len(starts) == 3
+    cuts = {(arg(s["argv"], "--resume"), arg(s["argv"], "--resume-session-at")) for s in starts[1:]}
+    ((resumed, cut),) = cuts  # both retries go back to the same point
+    assert resumed == first.session_id and cut is not None
+    assert all("--fork-session" in s["argv"] for s in starts[1:])
     assert len(sleep.delays) == 2
     # retry k waits retry_delay * 2**k plus a jitter of at most retry_delay
     assert 0.5 <= sleep.delays[0] <= 1.0
     assert 1.0 <= sleep.delays[1] <= 1.5
     stats = launcher.stats()
-    assert (stats.retried, stats.failed, stats.ok, stats.cold_starts) == (2, 1, 0, 1)
-    assert launcher.is_warm("p2p:c1")  # a failed turn does not cost the process
+    assert (stats.retried, stats.failed, stats.ok, stats.cold_starts) == (2, 1, 1, 3)
+    assert launcher.is_warm("p2p:c1")  # the last process stays for the next turn
 
 
 async def test_backoff_really_sleeps_between_attempts(
@@ -138,22 +148,24 @@ async def test_retry_after_529_does_not_repeat_the_prompt(
     assert second.text == "history: one | two"  # "two" once, not twice
     assert binding.sessions["p2p:c1"] == second.session_id
     pids = turn_pids(fake_log)
-    assert pids[1] == pids[2]  # the retry ran in the process that failed
+    assert pids[1] != pids[2]  # never resent where the failed turn is in the history
     assert (pids[0] == pids[1]) is warm
 
 
-async def test_without_fork_a_529_retry_does_not_repeat_the_prompt(
+async def test_without_fork_a_resumed_turn_that_failed_is_not_retried(
     make_launcher, workdir: Path, fake_log: FakeClaudeLog
 ) -> None:
+    """Resumed in place, the stored session now holds the failed turn: a retry from it would
+    show the message twice, and there is no known point to cut at."""
     sleep = RecordingSleep()
     launcher = make_launcher(
         mode="history,api_error,history", sleep=sleep, fork_session=False, warm=False
     )
     first = await launcher.run(request(workdir, "one"))
-    second = await launcher.run(request(workdir, "two", session_id=first.session_id))
-    assert second.attempts == 2
-    assert second.session_id == first.session_id
-    assert second.text == "history: one | two"
+    with pytest.raises(TransientCliError) as info:
+        await launcher.run(request(workdir, "two", session_id=first.session_id))
+    assert info.value.attempts == 1
+    assert sleep.delays == []
     assert len(fake_log.starts()) == 2
 
 

@@ -324,14 +324,18 @@ class Turn:
         line["message"]["model"] = "<synthetic>"
         line.update(error="server_error", is_api_error_message=True, api_error_status=529)
         emit(line)
-        # Measured: a turn that failed before any tool ran is not shown to the model again.
+        # Re-measured on 2.1.329 (CLAUDE_CODE_MAX_RETRIES 0 and 1): the failed turn's prompt
+        # IS in the next request (merged into the next user message), in the same process and
+        # after --resume; only --resume-session-at before it leaves it out. The older model
+        # (left out when no tool ran) stays the default for the tests written against it.
+        kept = self.tools_ran or bool(os.environ.get("FAKE_CLAUDE_FAILED_TURN_KEPT"))
         self.proc.session.add(
             {
                 "role": "assistant",
                 "text": API_ERROR_TEXT,
                 "uuid": line["uuid"],
                 "synthetic": True,
-                "drops": None if self.tools_ran else self.prompt_uuid,
+                "drops": None if kept else self.prompt_uuid,
             }
         )
         return result_line(
