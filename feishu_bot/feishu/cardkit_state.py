@@ -101,8 +101,15 @@ class CardKitState:
 class Reaction:
     """The "working" emoji on the user's message, added in the background, removed at the end."""
 
-    def __init__(self, replier: Any, message_id: str, emoji: str | None) -> None:
+    def __init__(
+        self,
+        replier: Any,
+        message_id: str,
+        emoji: str | None,
+        notify: Callable[[str, str], None] | None = None,
+    ) -> None:
         self._replier, self._message_id, self._emoji = replier, message_id, emoji
+        self._notify = notify or (lambda kind, value: None)  # ("reaction", id or "" once gone)
         self._task: asyncio.Task[str | None] | None = None
 
     def add(self) -> None:
@@ -111,10 +118,12 @@ class Reaction:
 
     async def _add(self) -> str | None:
         try:
-            return await self._replier.add_reaction(self._message_id, self._emoji)
+            reaction_id = await self._replier.add_reaction(self._message_id, self._emoji)
         except Exception as exc:  # cosmetic
             logger.warning("adding reaction {} failed: {}", self._emoji, exc)
             return None
+        self._notify("reaction", reaction_id)
+        return reaction_id
 
     async def remove(self) -> None:
         task, self._task = self._task, None
@@ -130,6 +139,7 @@ class Reaction:
         if reaction_id is not None:
             try:
                 await self._replier.remove_reaction(self._message_id, reaction_id)
+                self._notify("reaction", "")
             except Exception as exc:  # cosmetic
                 logger.warning("removing reaction failed: {}", exc)
 

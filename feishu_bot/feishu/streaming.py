@@ -90,7 +90,8 @@ class CardStream:
         self._soon: asyncio.Task[None] | None = None
         self._clock, self._sleep = clock, sleep
         self._uuid = uuid_mod.uuid4().hex
-        self._reaction = Reaction(replier, reply_to, reaction)
+        self._on_ui: Callable[[str, str], None] | None = None
+        self._reaction = Reaction(replier, reply_to, reaction, self._notify)
 
         self._state: CardState = "working"
         self._text: Text = ""
@@ -137,6 +138,41 @@ class CardStream:
     @property
     def uses_cardkit(self) -> bool:
         return self._fallback is None
+
+    @property
+    def on_ui(self) -> Callable[[str, str], None] | None:
+        """Told ("reaction", id or "") and ("card", id) as they change, to journal them. A
+        CardKit card's id is "<message_id>#<card_id>" (what `adopt` needs to continue it)."""
+        return self._on_ui
+
+    @on_ui.setter
+    def on_ui(self, callback: Callable[[str, str], None] | None) -> None:
+        self._on_ui = callback
+        if self._fallback is not None:
+            self._fallback.on_ui = callback
+
+    def _notify(self, kind: str, value: str) -> None:
+        if self._on_ui is not None:
+            try:
+                self._on_ui(kind, value)
+            except Exception:
+                logger.exception("card stream UI callback failed")
+
+    def adopt(self, card: str) -> None:
+        """Continue in the card an earlier run of the same turn left (after a restart)."""
+        message_id, _, entity = card.partition("#")
+        if self._fallback is None and entity and self._message_id is None:
+            self._message_id, self._entity = message_id, entity
+            # Its last sequence is unknown: start above anything a run can have used (seconds
+            # since 2023 stay within int32 until 2091), and close streaming first.
+            self._seq = max(self._seq, int(time.time()) - 1_672_531_200)
+            self._streaming_since = self._clock() - self._stream_ttl
+            self._want_card = True
+            return
+        if self._fallback is None:
+            self._use_patch()
+        assert self._fallback is not None
+        self._fallback.adopt(message_id)
 
     async def __aenter__(self) -> CardStream:
         return self
@@ -268,6 +304,7 @@ class CardStream:
             title=self._title,
             reaction=None,
         )
+        self._fallback.on_ui = self._on_ui
 
     def _buttons(self, action: str) -> tuple[Button, ...]:
         if self._signer is None or self._turn_id is None:
@@ -365,6 +402,7 @@ class CardStream:
                 self._reply_to, self._entity, in_thread=self._in_thread, uuid=self._uuid
             )
             self._reply_uncertain = False
+            self._notify("card", f"{self._message_id}#{self._entity}")
         except FeishuTransientError as exc:
             self._reply_uncertain = self._entity is not None
             self._next_op = self._clock() + self._full_interval
@@ -487,9 +525,10 @@ class CardStream:
                 raise  # it may have landed; a second copy of the answer is worse
             except FeishuApiError as exc:
                 logger.warning("final card update refused, replying a new card: {}", exc)
-        await self._replier.reply_card(
+        message_id = await self._replier.reply_card(
             self._reply_to, card, in_thread=self._in_thread, uuid=f"{self._uuid}-1"
         )
+        self._notify("card", message_id)
 
 
 class CardStreamFactory:

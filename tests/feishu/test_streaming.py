@@ -4,6 +4,7 @@ stream before Feishu would), long answers, buttons and blocks."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -65,6 +66,13 @@ def make_stream(
         turn_id=1,
         **kw,
     )
+
+
+async def until(predicate: Any, timeout: float = 10) -> None:
+    """For state that announces no change of its own (callbacks the stream calls)."""
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110 - nothing to await on
+            await asyncio.sleep(0.01)
 
 
 def cardkit_requests(sim: FeishuSimulator) -> list[str]:
@@ -135,6 +143,49 @@ async def test_slow_start_shows_the_card_with_stop_before_any_text(sim, replier,
     await stream.update("thought")
     await stream.finish("thought through")
     assert len(sim.replies_to(user)) == 1
+
+
+async def test_ui_ids_are_told_and_a_restarted_run_continues_the_card(sim, replier, signer):
+    user = await sim.push_message(text="long")
+    seen: list[tuple[str, str]] = []
+    stream = make_stream(replier, user, CardKitState(), signer)
+    stream.on_ui = lambda kind, value: seen.append((kind, value))
+    await stream.started()
+    await stream.update("half way")
+    [reply] = await sim.wait_for(lambda: sim.replies_to(user))
+    await until(lambda: len(seen) == 2)
+    entity = reply.card_entity
+    assert sorted(kind for kind, _ in seen) == ["card", "reaction"]
+    card = dict(seen)["card"]
+    assert card == f"{reply.message_id}#{entity.card_id}"
+    await stream.aclose()  # the bot dies here; the card still streams with its Stop button
+
+    again = make_stream(replier, user, CardKitState(), signer)
+    again.adopt(card)
+    await again.fail("The bot restarted while Claude was working on this.")
+    assert len(sim.replies_to(user)) == 1
+    shown = sim.rendered_card(reply.message_id)
+    assert shown["header"]["template"] == "red" and not entity.streaming
+    assert "bot restarted" in sim.message_text(reply)
+    assert find_button(shown, "Stop") is None
+    assert all(code == 0 for _, _, code in entity.ops)
+
+
+async def test_adopting_a_patch_card_continues_on_the_patch_path(sim, replier):
+    user = await sim.push_message(text="q")
+    old = make_stream(replier, user, CardKitState("off"))
+    seen: list[tuple[str, str]] = []
+    old.on_ui = lambda kind, value: seen.append((kind, value))
+    await old.update("partial")
+    [reply] = await sim.wait_for(lambda: sim.replies_to(user))
+    await until(lambda: seen)
+    assert seen == [("card", reply.message_id)]
+    await old.aclose()
+    again = make_stream(replier, user, CardKitState())
+    again.adopt(reply.message_id)
+    await again.finish("the whole answer")
+    assert len(sim.replies_to(user)) == 1
+    assert sim.message_text(reply).startswith("the whole answer")
 
 
 async def test_cardkit_refused_falls_back_to_patch_and_rechecks_later(sim, replier, logs):
