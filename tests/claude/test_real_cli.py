@@ -1,5 +1,10 @@
 """The launcher with the real pinned Claude CLI against FakeAnthropic (offline).
 
+Warm sessions (issue 8) proven with the real CLI: the second turn runs in the same process and
+carries the first; an interrupt mid-stream keeps the process; a stale ``--resume`` is recovered;
+a retried turn (after a 529, after a crash) never shows the model the user's message twice.
+Processes are told apart by pid (psutil), requests are read from FakeAnthropic.
+
 These fail, never skip, when the binary is missing: the pinned CLI is part of the project.
 """
 
@@ -7,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -18,7 +24,7 @@ from feishu_bot.claude.launcher import Launcher, LauncherConfig
 from feishu_bot.errors import TurnTimeout
 from tests.claude.support import EventRecorder, MemoryBinding, alive_pids, poll_until, request
 from tests.fakes.claude_env import REAL_CLAUDE_BIN, claude_env_overrides
-from tests.fakes.fake_anthropic import ApiError, FakeAnthropic, Hang, ToolUse
+from tests.fakes.fake_anthropic import ApiError, FakeAnthropic, Hang, Reply, ToolUse
 
 pytestmark = pytest.mark.real_cli
 
@@ -88,14 +94,23 @@ def processes_under(marker: str) -> list[psutil.Process]:
     return found
 
 
+def cli_pids(home: Path) -> list[int]:
+    """Pids of the real CLI processes of this test (their HOME is the test's)."""
+    return [
+        p.pid
+        for p in processes_under(str(home))
+        if p.info["cmdline"] and Path(p.info["cmdline"][0]).name in ("claude", "claude.exe")
+    ]
+
+
 async def test_real_turn(
-    real_launcher, api: FakeAnthropic, workdir: Path, binding: MemoryBinding
+    real_launcher, api: FakeAnthropic, workdir: Path, binding: MemoryBinding, home: Path
 ) -> None:
     launcher = real_launcher()
     recorder = EventRecorder()
     result = await launcher.run(request(workdir, "hello real cli"), on_event=recorder)
     assert result.text == "echo: hello real cli"
-    assert result.is_error is False and result.exit_code == 0
+    assert result.is_error is False and result.exit_code is None  # alive: warm
     assert result.session_id and binding.sessions["p2p:c1"] == result.session_id
     kinds = recorder.kinds()
     assert kinds[0] == "init" and kinds[-1] == "result"
@@ -105,19 +120,61 @@ async def test_real_turn(
     assert req.query.get("beta") == "true"
     assert req.body["stream"] is True
     assert req.last_user_text == "hello real cli"
+    assert len(cli_pids(home)) == 1 and launcher.is_warm("p2p:c1")
+
+
+async def test_real_warm_second_turn_carries_the_first_in_the_same_process(
+    real_launcher, api: FakeAnthropic, workdir: Path, binding: MemoryBinding, home: Path
+) -> None:
+    launcher = real_launcher()
+    first = await launcher.run(request(workdir, "first question"))
+    (pid,) = cli_pids(home)
+    second = await launcher.run(request(workdir, "second question", session_id=first.session_id))
+    assert second.text == "echo: second question"
+    assert cli_pids(home) == [pid]
+    assert second.extra["warm"] is True
+    body = api.message_requests[-1]
+    assert body.user_texts == ["first question", "second question"]
+    assert "echo: first question" in body.assistant_texts
+    assert second.session_id == first.session_id == binding.sessions["p2p:c1"]
+    assert launcher.stats().cold_starts == 1
 
 
 async def test_real_resumed_turn_carries_the_earlier_exchange(
     real_launcher, api: FakeAnthropic, workdir: Path, binding: MemoryBinding
 ) -> None:
-    launcher = real_launcher()
+    """One process per turn (the fallback): --resume with --fork-session."""
+    launcher = real_launcher(warm=False)
     first = await launcher.run(request(workdir, "first question"))
     second = await launcher.run(request(workdir, "second question", session_id=first.session_id))
     assert second.text == "echo: second question"
     body = api.message_requests[-1]
     assert body.user_texts == ["first question", "second question"]
     assert "echo: first question" in body.assistant_texts
-    assert binding.sessions["p2p:c1"] == second.session_id
+    assert binding.sessions["p2p:c1"] == second.session_id != first.session_id
+    assert launcher.stats().cold_starts == 2
+
+
+async def test_real_interrupt_mid_stream_keeps_the_process(
+    real_launcher, api: FakeAnthropic, workdir: Path, home: Path
+) -> None:
+    launcher = real_launcher()
+    api.enqueue(Reply("a long story " * 40, chunks=40, chunk_delay=0.25))
+    recorder = EventRecorder()
+    task = asyncio.create_task(launcher.run(request(workdir, "tell a story"), on_event=recorder))
+    await recorder.wait_kind("text", timeout=30)
+    (pid,) = cli_pids(home)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert launcher.is_warm("p2p:c1") and launcher.stats().cancelled == 1
+    result = await launcher.run(request(workdir, "next one"))
+    assert result.text == "echo: next one"
+    assert cli_pids(home) == [pid]  # the same process answered
+    body = api.message_requests[-1]
+    assert body.last_user_text == "next one"
+    assert body.user_texts.count("next one") == 1
+    assert launcher.stats().cold_starts == 1
 
 
 async def test_real_stale_resume_is_recovered(
@@ -133,25 +190,73 @@ async def test_real_stale_resume_is_recovered(
     assert binding.calls == [("clear", "p2p:c1"), ("set", "p2p:c1", result.session_id)]
     assert result.session_id != stale_id
     assert len(api.message_requests) == 1  # the stale attempt never reached the API
+    assert launcher.is_warm("p2p:c1")
 
 
 async def test_real_api_error_retry_does_not_repeat_the_prompt(
-    real_launcher, api: FakeAnthropic, workdir: Path
+    real_launcher, api: FakeAnthropic, workdir: Path, home: Path
 ) -> None:
+    """Measured: after a 529 the failed prompt stays in the history (merged into the next
+    user message, same process or --resume); the retry resumes before it."""
     launcher = real_launcher()
     first = await launcher.run(request(workdir, "one"))
+    (pid,) = cli_pids(home)
     api.enqueue(ApiError(529))  # CLAUDE_CODE_MAX_RETRIES=0: the CLI gives up at once
     second = await launcher.run(request(workdir, "two", session_id=first.session_id))
     assert second.attempts == 2
     assert second.text == "echo: two"
     assert api.message_requests[-1].user_texts == ["one", "two"]
+    assert pid not in cli_pids(home) and len(cli_pids(home)) == 1
+    third = await launcher.run(request(workdir, "three", session_id=second.session_id))
+    assert third.text == "echo: three"
+    assert api.message_requests[-1].user_texts == ["one", "two", "three"]
 
 
-async def test_real_hung_api_is_killed_at_the_timeout(
+async def test_real_crash_mid_turn_is_retried_without_repeating_the_prompt(
+    real_launcher, api: FakeAnthropic, workdir: Path, home: Path
+) -> None:
+    """SIGKILL of the CLI while the API hangs: the prompt is already in the transcript, so a
+    plain --resume would show it twice; the retry resumes at the previous answer."""
+    launcher = real_launcher()
+    first = await launcher.run(request(workdir, "one"))
+    (pid,) = cli_pids(home)
+    api.enqueue(Hang())
+    task = asyncio.create_task(launcher.run(request(workdir, "two", session_id=first.session_id)))
+    await api.wait_for_requests(2)
+    os.kill(pid, signal.SIGKILL)
+    second = await task
+    assert second.attempts == 2
+    assert second.text == "echo: two"
+    assert api.message_requests[-1].user_texts == ["one", "two"]
+    assert "echo: one" in api.message_requests[-1].assistant_texts
+    assert pid not in cli_pids(home) and len(cli_pids(home)) == 1
+    assert launcher.stats().retried == 1
+
+
+async def test_real_hung_api_is_interrupted_at_the_timeout(
+    real_launcher, api: FakeAnthropic, workdir: Path, home: Path
+) -> None:
+    api.enqueue(Hang())
+    launcher = real_launcher(timeout=5.0, max_retries=2)
+    task = asyncio.create_task(launcher.run(request(workdir, "hang please")))
+    await api.wait_for_requests(1)
+    (pid,) = cli_pids(home)
+    with pytest.raises(TurnTimeout) as info:
+        await task
+    assert info.value.attempts == 1
+    assert launcher.stats().active == 0
+    # interrupted, not killed: the process answers the next turn
+    assert cli_pids(home) == [pid]
+    result = await launcher.run(request(workdir, "still there"))
+    assert result.text == "echo: still there"
+    assert cli_pids(home) == [pid]
+
+
+async def test_real_hung_api_without_warm_sessions_leaves_nothing(
     real_launcher, api: FakeAnthropic, workdir: Path, home: Path
 ) -> None:
     api.default = Hang()
-    launcher = real_launcher(timeout=5.0, max_retries=2)
+    launcher = real_launcher(timeout=5.0, max_retries=2, warm=False)
     task = asyncio.create_task(launcher.run(request(workdir, "hang please")))
     await api.wait_for_requests(1)
     tree = [p.pid for p in processes_under(str(home))]
@@ -182,19 +287,17 @@ async def test_real_bash_tool_children_die_with_the_turn(
 
     await poll_until(lambda: bool(sleepers()), timeout=30)
     tool_procs = processes_under(marker)  # the tool's shell and the sleeper
-    cli = [
-        p
-        for p in processes_under(str(home))
-        if p.info["cmdline"] and Path(p.info["cmdline"][0]).name in ("claude", "claude.exe")
-    ]
-    assert len(cli) == 1
+    (cli,) = cli_pids(home)
     # the tool runs in a session of its own: killing the CLI's group alone would miss it
-    assert os.getsid(sleepers()[0].pid) != os.getsid(cli[0].pid)
+    assert os.getsid(sleepers()[0].pid) != os.getsid(cli)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert alive_pids([p.pid for p in tool_procs + cli]) == []
+    assert alive_pids([p.pid for p in tool_procs]) == []
     assert processes_under(marker) == []
+    assert cli_pids(home) == [cli]  # interrupted, still warm
+    await launcher.aclose()
+    assert alive_pids([cli]) == []
 
 
 def _transcripts(home: Path) -> set[str]:
@@ -204,7 +307,7 @@ def _transcripts(home: Path) -> set[str]:
 async def test_superseded_transcripts_are_removed_and_history_survives(
     real_launcher, api: FakeAnthropic, workdir: Path, home: Path
 ) -> None:
-    launcher = real_launcher()
+    launcher = real_launcher(warm=False)
     first = await launcher.run(request(workdir, "one"))
     second = await launcher.run(request(workdir, "two", session_id=first.session_id))
     third = await launcher.run(request(workdir, "three", session_id=second.session_id))
