@@ -54,6 +54,7 @@ READ_ONLY_TOOLS = frozenset(
      "AskUserQuestion", "ExitPlanMode", "ListMcpResourcesTool", "ReadMcpResourceTool"}
 )
 _REJECTED = "The user doesn't want to proceed"
+_INTERRUPT_RESEND_S = 0.5  # an interrupt's result comes in ~45 ms (FACTS)
 
 
 def user_message(prompt: str, content: tuple[dict[str, Any], ...] = ()) -> dict[str, Any]:
@@ -299,16 +300,26 @@ class CliSession:
             handler.cancel()  # a waiting approval is answered "deny" by its own cleanup
         if turn.done.done():
             return
-        try:
-            await self._control({"subtype": "interrupt"}, wait=False)
-        except (BrokenPipeError, ConnectionResetError, OSError):
-            pass
-        try:
-            await asyncio.wait_for(asyncio.shield(turn.done), self.interrupt_grace)
-            logger.info("claude pid={} interrupted; session stays warm", self.pid)
-        except TimeoutError:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.interrupt_grace
+        while True:
+            # Sent again until the result comes: measured on 2.1.329, an interrupt that a warm
+            # CLI reads before it has begun the turn just written is answered and ignored.
+            try:
+                await self._control({"subtype": "interrupt"}, wait=False)
+            except (BrokenPipeError, ConnectionResetError, OSError):
+                pass
+            step = min(_INTERRUPT_RESEND_S, max(0.0, deadline - loop.time()))
+            try:
+                await asyncio.wait_for(asyncio.shield(turn.done), step)
+                logger.info("claude pid={} interrupted; session stays warm", self.pid)
+                return
+            except TimeoutError:
+                if loop.time() < deadline:
+                    continue
             logger.warning("claude pid={} ignored the interrupt; killing its tree", self.pid)
             await self.kill()
+            return
 
     # ------------------------------------------------------------------ stdin
     async def _write(self, obj: dict[str, Any]) -> None:

@@ -70,7 +70,7 @@ async def test_cancel_before_the_first_output(
     await fake_log.wait_for(lambda r: any(x["event"] == "turn_start" for x in r))
     pid = fake_log.starts()[0]["pid"]
     await cancel_and_wait(task)
-    assert [c["subtype"] for c in fake_log.controls("interrupt")] == ["interrupt"]
+    assert fake_log.controls("interrupt")  # (repeated if the first came too early)
     assert_idle(launcher)
     assert launcher.stats().cancelled == 1
     if warm:

@@ -190,7 +190,8 @@ async def test_crashes_and_signals_are_transient(
 async def test_timeout_interrupts_and_kills_the_tools_children(
     make_launcher, workdir: Path, fake_log: FakeClaudeLog, warm: bool
 ) -> None:
-    launcher = make_launcher(mode="spawn_child", timeout=1.0, max_retries=2, warm=warm)
+    # generous: a cold fake must start and print before it (the clock runs from the write)
+    launcher = make_launcher(mode="spawn_child", timeout=3.0, max_retries=2, warm=warm)
     with pytest.raises(TurnTimeout) as info:
         await launcher.run(request(workdir))
     assert info.value.attempts == 1  # a timeout is not retried
@@ -198,7 +199,7 @@ async def test_timeout_interrupts_and_kills_the_tools_children(
     child = fake_log.records("child")[0]
     cli = fake_log.starts()[0]["pid"]
     assert alive_pids([child["child_pid"], child["grandchild_pid"]]) == []
-    assert [c["subtype"] for c in fake_log.controls("interrupt")] == ["interrupt"]
+    assert fake_log.controls("interrupt")  # (repeated if the first came too early)
     if warm:
         assert alive_pids([cli]) == [cli]  # interrupted, still warm
         assert launcher.is_warm("p2p:c1")
@@ -213,11 +214,10 @@ async def test_timeout_escalates_to_sigkill_after_the_grace(
     make_launcher, workdir: Path, fake_log: FakeClaudeLog
 ) -> None:
     """Interrupt ignored, then SIGTERM ignored: SIGKILL after both graces."""
-    launcher = make_launcher(
-        mode="hang_deaf_ignore_term", timeout=0.5, interrupt_grace=0.3, kill_grace=0.3
-    )
+    launcher = make_launcher(timeout=1.0, interrupt_grace=0.3, kill_grace=0.3)
+    await launcher.run(request(workdir, "warm up"))  # the deaf turn starts at once
     with pytest.raises(TurnTimeout) as info:
-        await launcher.run(request(workdir))
+        await launcher.run(request(workdir, "[[fake:hang_deaf_ignore_term]] x"))
     assert info.value.exit_code == -9
     pid = fake_log.starts()[0]["pid"]
     assert alive_pids([pid]) == []

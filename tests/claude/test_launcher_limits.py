@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from feishu_bot.errors import QueueFull
-from tests.claude.support import open_gate, request
+from tests.claude.support import EventRecorder, open_gate, request
 from tests.fakes.fake_claude_log import FakeClaudeLog
 
 
@@ -72,8 +72,9 @@ async def test_cap_counts_processes_being_killed(
     launcher = make_launcher(
         mode="hang_deaf_ignore_term", max_concurrent=1, interrupt_grace=0.3, kill_grace=0.5
     )
-    first = asyncio.create_task(launcher.run(request(workdir, "a", key="p2p:a")))
-    await fake_log.wait_for(lambda r: len([x for x in r if x["event"] == "turn_start"]) == 1)
+    recorder = EventRecorder()
+    first = asyncio.create_task(launcher.run(request(workdir, "a", key="p2p:a"), on_event=recorder))
+    await recorder.wait_kind("text")  # printed once SIGTERM is ignored
     second = asyncio.create_task(launcher.run(request(workdir, "[[fake:echo]] b", key="p2p:b")))
     await asyncio.sleep(0)
     first.cancel()

@@ -177,6 +177,32 @@ async def test_real_interrupt_mid_stream_keeps_the_process(
     assert launcher.stats().cold_starts == 1
 
 
+async def test_real_stop_right_after_the_message_interrupts_the_turn(
+    real_launcher, api: FakeAnthropic, workdir: Path, home: Path
+) -> None:
+    """Measured: a warm CLI ignores an interrupt read before it has begun the turn just
+    written; the launcher repeats it, so a quick /stop still ends a 10 s answer at once."""
+    slow = Reply("slow " * 40, chunks=20, chunk_delay=0.5)
+    api.responder = lambda req: slow if req.last_user_text.startswith("stop") else None
+    launcher = real_launcher(interrupt_grace=30.0)
+    await launcher.run(request(workdir, "warm up"))
+    (pid,) = cli_pids(home)
+    loop = asyncio.get_running_loop()
+    for ticks in range(6):
+        task = asyncio.create_task(launcher.run(request(workdir, f"stop {ticks}")))
+        for _ in range(ticks):
+            await asyncio.sleep(0)
+        started = loop.time()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert loop.time() - started < 5.0  # not the 10 s answer, not the 30 s grace
+    assert cli_pids(home) == [pid]
+    result = await launcher.run(request(workdir, "after the stops"))
+    assert result.text == "echo: after the stops"
+    assert cli_pids(home) == [pid]
+
+
 async def test_real_stale_resume_is_recovered(
     real_launcher, api: FakeAnthropic, workdir: Path, binding: MemoryBinding
 ) -> None:
@@ -293,7 +319,8 @@ async def test_real_bash_tool_children_die_with_the_turn(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert alive_pids([p.pid for p in tool_procs]) == []
+    # the CLI kills the tool's tree itself on the interrupt, within ~20 ms of its result
+    await poll_until(lambda: alive_pids([p.pid for p in tool_procs]) == [], timeout=10)
     assert processes_under(marker) == []
     assert cli_pids(home) == [cli]  # interrupted, still warm
     await launcher.aclose()

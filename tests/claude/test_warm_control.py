@@ -145,9 +145,9 @@ async def test_mcp_messages_reach_the_turns_handler(
 async def test_the_timeout_clock_stops_while_a_person_decides(
     make_launcher, workdir: Path, fake_log: FakeClaudeLog
 ) -> None:
-    launcher = make_launcher(mode="echo", timeout=1.0)
+    launcher = make_launcher(mode="echo", timeout=2.0)
     await launcher.run(request(workdir, "warm up"))  # process start-up is not under test
-    ask = Asker(lambda r: PermissionDecision(True), delay=2.5)
+    ask = Asker(lambda r: PermissionDecision(True), delay=3.0)
     result = await launcher.run(request(workdir, "[[fake:perm]] slow"), ask_permission=ask)
     assert result.text == "done after tool"
     assert len(ask.asked) == 1

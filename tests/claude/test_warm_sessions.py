@@ -80,7 +80,7 @@ async def test_interrupt_keeps_the_process(
         await task
     (end,) = await fake_log.wait_for(lambda r: [x for x in r if x["event"] == "turn_end"])
     assert end["terminal_reason"] == "aborted_streaming"
-    assert [c["subtype"] for c in fake_log.controls("interrupt")] == ["interrupt"]
+    assert fake_log.controls("interrupt")  # (repeated if the first came too early)
     result = await launcher.run(request(workdir, "[[fake:echo]] go on"))
     assert result.text == "echo: [[fake:echo]] go on"
     pids = turn_pids(fake_log)
@@ -94,15 +94,15 @@ async def test_timeout_interrupts_and_keeps_the_process_warm(
     make_launcher, workdir: Path, fake_log: FakeClaudeLog
 ) -> None:
     launcher = make_launcher(mode="hang", timeout=0.5)
+    await launcher.run(request(workdir, "[[fake:echo]] warm up"))  # start-up is not timed here
     with pytest.raises(TurnTimeout) as info:
         await launcher.run(request(workdir, "too slow"))
     assert info.value.partial_text == "working"
-    assert [c["subtype"] for c in fake_log.controls("interrupt")] == ["interrupt"]
+    assert fake_log.controls("interrupt")  # (repeated if the first came too early)
     assert launcher.is_warm(KEY)
     result = await launcher.run(request(workdir, "[[fake:echo]] next"))
     assert result.text == "echo: [[fake:echo]] next"
-    pids = turn_pids(fake_log)
-    assert pids[0] == pids[1]
+    assert len(set(turn_pids(fake_log))) == 1
     assert launcher.stats().timeouts == 1
 
 
@@ -116,7 +116,7 @@ async def test_process_deaf_to_the_interrupt_is_killed_after_the_grace(
     assert alive_pids([pid]) == []
     ended = await wait_exit(fake_log, pid)
     assert ended["signal"] == "SIGTERM"
-    (interrupt,) = fake_log.controls("interrupt")
+    interrupt = fake_log.controls("interrupt")[0]
     assert ended["mono"] - interrupt["mono"] >= 0.5  # the grace was given first
     assert not launcher.is_warm(KEY) and launcher.stats().warm_idle == 0
     result = await launcher.run(request(workdir, "[[fake:echo]] again"))
@@ -275,3 +275,26 @@ async def test_close_session_of_a_busy_process_waits_for_its_turn(
     assert [r["turn_active"] for r in fake_log.records("stdin_eof")] == [False]
     assert not launcher.is_warm(KEY)
     assert launcher.stats().warm_idle == 0
+
+
+async def test_stop_right_after_the_message_still_interrupts(
+    make_launcher, workdir: Path, fake_log: FakeClaudeLog
+) -> None:
+    """Regression: a warm CLI answers and ignores an interrupt it reads before it has begun
+    the turn just written (measured on 2.1.329; the fake does the same), so a quick /stop ran
+    on until the interrupt grace and cost the process. The interrupt is repeated until the
+    turn ends."""
+    launcher = make_launcher(mode="hang", interrupt_grace=20.0)
+    await launcher.run(request(workdir, "[[fake:echo]] warm up"))
+    for ticks in range(12):
+        task = asyncio.create_task(launcher.run(request(workdir, f"stop {ticks}")))
+        for _ in range(ticks):
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)  # well inside the grace: no kill needed
+        assert launcher.is_warm(KEY)
+    assert len(fake_log.starts()) == 1
+    assert fake_log.records("exit") == []
+    result = await launcher.run(request(workdir, "[[fake:echo]] still here"))
+    assert result.text == "echo: [[fake:echo]] still here"
