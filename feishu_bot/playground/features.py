@@ -30,14 +30,6 @@ __all__ = [
 CARD_ACTION = "card.action.trigger"
 
 
-def _first_attr(obj: Any, names: tuple[str, ...]) -> Any:
-    for name in names:
-        value = getattr(obj, name, None)
-        if value is not None:
-            return value
-    return None
-
-
 def _cardkit_store(sim: FeishuSimulator) -> Any:
     """The simulator's CardKit card entities (card_id -> entity), when it has them."""
     store = getattr(sim.records, "cards", None)
