@@ -128,6 +128,20 @@ async def test_chat_in_a_real_browser(playground: Playground, tmp_path: Path) ->
                 return t && t.includes('word1') && u && u.querySelector('.reaction.live');
             }})()"""
         )
+        # Still running, the card has grown: the answer streams into it.
+        await page.wait_for(
+            f"""(() => {{
+                const t = {bot_text_js("A slow answer")};
+                const u = {user_msg_js("tell me something slow")};
+                return t && t.includes('word4') && u && u.querySelector('.reaction.live');
+            }})()"""
+        )
+        # The screenshot for the README: an answer streaming into its card.
+        shot = os.environ.get("PLAYGROUND_SCREENSHOT")
+        path = Path(shot) if shot else tmp_path / "playground.png"
+        await page.screenshot(path)
+        assert path.stat().st_size > 10_000
+
         stop_button = await page.evaluate(
             """(() => {
                 const b = [...document.querySelectorAll('.msg.from-bot .card-btn')]
@@ -145,8 +159,3 @@ async def test_chat_in_a_real_browser(playground: Playground, tmp_path: Path) ->
             " return t && /stopped/i.test(t) ? t : null; })()"
         )
         assert "word120" not in stopped, "the slow answer ran to its end instead of stopping"
-
-        shot = os.environ.get("PLAYGROUND_SCREENSHOT")
-        path = Path(shot) if shot else tmp_path / "playground.png"
-        await page.screenshot(path)
-        assert path.stat().st_size > 10_000

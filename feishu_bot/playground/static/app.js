@@ -113,7 +113,9 @@
       : ` — ${chatInfo.title || "private chat"}`;
     $("mention").hidden = state.chat !== "group";
     $("mention").setAttribute("aria-pressed", String(state.mention));
-    renderTimings(items.filter((i) => i.from === "user").pop());
+    // The latest turn: the latest message the bot worked on (commands get no reaction).
+    const mine = items.filter((i) => i.from === "user");
+    renderTimings(mine.filter((i) => i.timings && i.timings.reaction != null).pop() || mine.pop());
   }
 
   function renderItem(item) {
