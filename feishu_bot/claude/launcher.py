@@ -454,12 +454,16 @@ class Launcher:
                 self._n["retried"] += 1
                 delay = backoff(self._cfg.retry_delay, attempts - stale_reset)
                 logger.warning("retrying in {:.2f}s ({})", delay, step.action.value)
-                await self._sleep(delay)
                 if step.action is Action.RETRY_NEW:
+                    # Closed before the backoff: a turn stopped meanwhile must not leave this
+                    # process warm, its history holds the failed turn.
                     if session.alive:
                         await session.close()
+                    if self._live.get(key) is session:
+                        del self._live[key]
                     session = None
                     spawned_from = step.resume or ResumePoint()
+                await self._sleep(delay)
         finally:
             self._attempt_started.pop(ticket, None)
             await self._after_turn(key, ticket, session)

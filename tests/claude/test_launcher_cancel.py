@@ -135,16 +135,19 @@ async def test_cancel_while_streaming(
     assert (turn_pids(fake_log)[1] == cli) is warm
 
 
+@pytest.mark.parametrize("warm", [True, False])
 async def test_cancel_while_sleeping_between_retries(
-    make_launcher, workdir: Path, fake_log: FakeClaudeLog, tmp_path: Path
+    make_launcher, workdir: Path, fake_log: FakeClaudeLog, tmp_path: Path, warm: bool
 ) -> None:
+    """The failed process is closed before the backoff: its history holds the failed turn,
+    so it must not stay warm for the next turn when the retry is stopped."""
     sleeping = asyncio.Event()
 
     async def sleep(delay: float) -> None:
         sleeping.set()
         await asyncio.Event().wait()  # forever
 
-    launcher = make_launcher(mode="api_error", sleep=sleep, max_concurrent=1, warm=False)
+    launcher = make_launcher(mode="api_error", sleep=sleep, max_concurrent=1, warm=warm)
     task = asyncio.create_task(launcher.run(request(workdir)))
     await sleeping.wait()
     stats = launcher.stats()
@@ -154,6 +157,7 @@ async def test_cancel_while_sleeping_between_retries(
     assert_idle(launcher)
     assert fake_cli_processes(str(tmp_path)) == []
     assert len(fake_log.starts()) == 1
+    assert not launcher.is_warm("p2p:c1") and launcher.stats().warm_idle == 0
 
 
 async def test_second_cancel_during_the_stop_still_waits_for_the_tree(
