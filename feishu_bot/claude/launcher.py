@@ -189,6 +189,8 @@ class Launcher:
         )
         self._live: dict[str, CliSession] = {}  # conversation key -> its process
         self._retire: set[str] = set()  # close after the running turn (/new during a turn)
+        # conversation -> (its stored session id, where to resume instead) after a given-up turn
+        self._cut: dict[str, tuple[str | None, ResumePoint]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._closers: set[asyncio.Task[None]] = set()
         # tickets holding a slot -> start of their running attempt (None between attempts)
@@ -361,6 +363,10 @@ class Launcher:
         self._cancel_timer(key)
         session = self._live.get(key) if ticket.reused else None
         spawned_from = ResumePoint(req.session_id)
+        cut = self._cut.pop(key, None)
+        if cut is not None and session is None and req.session_id and cut[0] == req.session_id:
+            # the stored session ends with a turn we gave up on: resume from before it
+            spawned_from = cut[1]
         started = time.monotonic()
         attempts = 0
         stale_reset = False
@@ -450,6 +456,14 @@ class Launcher:
                     saved[0] = None
                     continue
                 if step.action is Action.GIVE_UP:
+                    if verdict.outcome is Outcome.TRANSIENT and not att.side_effects:
+                        # The CLI keeps a failed turn in its history (merged into the next
+                        # message): retire this process, and let the next turn resume from
+                        # before it.
+                        point = spawned_from if fresh else ResumePoint(before[0], before[1])
+                        if point.session_id is None or point.at_uuid or fresh:
+                            self._cut[key] = (saved[0], point)
+                        self._retire.add(key)
                     raise self._error(verdict.reason, att, attempts, step.reason)
                 self._n["retried"] += 1
                 delay = backoff(self._cfg.retry_delay, attempts - stale_reset)

@@ -41,8 +41,6 @@ def fake_env(tmp_path: Path, fake_log: FakeClaudeLog) -> dict[str, str]:
         "FAKE_CLAUDE_LOG": str(fake_log.path),
         "FAKE_CLAUDE_STATE": str(tmp_path / "fake_claude.state"),
         "FAKE_CLAUDE_DELAY": "0.01",
-        # as the real CLI: a turn that failed with a 529 stays in the history
-        "FAKE_CLAUDE_FAILED_TURN_KEPT": "1",
     }
 
 

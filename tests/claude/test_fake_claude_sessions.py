@@ -73,7 +73,8 @@ async def test_retry_after_a_crash_shows_the_prompt_once_only_when_cut(world: Fa
     assert await cli.close() == 0
 
 
-async def test_failed_turn_left_out_unless_its_tools_ran(world: FakeWorld) -> None:
+async def test_failed_turn_stays_in_the_history_like_the_real_cli(world: FakeWorld) -> None:
+    """Re-measured on 2.1.329: a turn that failed with 529 is in what the model sees next."""
     edited = world.root / "edited.txt"
     cli = await world.start(
         MODE="history,api_error,history,edit_then_529,history", EDIT_FILE=str(edited)
@@ -82,13 +83,13 @@ async def test_failed_turn_left_out_unless_its_tools_ran(world: FakeWorld) -> No
     failed = await cli.turn("two")
     assert failed["is_error"] is True and failed["api_error_status"] == 529
     assert failed["subtype"] == "success" and failed["terminal_reason"] == "api_error"
-    assert (await cli.turn("three"))["result"] == "history: one | three"
+    assert (await cli.turn("three"))["result"] == "history: one | two | three"
     edit = await cli.turn("four")
     assert edit["is_error"] is True and edit["api_error_status"] == 529
     assert len(edited.read_text().splitlines()) == 1
     tool_use = [o for o in cli.lines if o["type"] == "assistant"][-2]["message"]["content"][0]
     assert tool_use["name"] == "Edit" and tool_use["input"]["file_path"] == str(edited)
-    assert (await cli.turn("five"))["result"] == "history: one | three | four | five"
+    assert (await cli.turn("five"))["result"] == "history: one | two | three | four | five"
     assert await cli.close() == 0
     assert [r["event"] for r in world.log.records() if r["event"] == "edit"] == ["edit"]
 

@@ -121,7 +121,8 @@ async def test_529_is_retried_in_a_new_process_cut_before_the_failed_turn(
     assert 1.0 <= sleep.delays[1] <= 1.5
     stats = launcher.stats()
     assert (stats.retried, stats.failed, stats.ok, stats.cold_starts) == (2, 1, 1, 3)
-    assert launcher.is_warm("p2p:c1")  # the last process stays for the next turn
+    # the last process holds the failed turn in its history: retired, not kept warm
+    assert not launcher.is_warm("p2p:c1")
 
 
 async def test_backoff_really_sleeps_between_attempts(
@@ -223,3 +224,20 @@ async def test_timeout_escalates_to_sigkill_after_the_grace(
     assert alive_pids([pid]) == []
     assert fake_log.records("exit") == []  # it never got to exit by itself
     assert not launcher.is_warm("p2p:c1") and launcher.stats().warm_idle == 0
+
+
+@pytest.mark.parametrize("warm", [True, False], ids=["warm", "cold"])
+async def test_given_up_turn_lingers_in_the_next_turn(
+    make_launcher, workdir: Path, binding: MemoryBinding, fake_log: FakeClaudeLog, warm: bool
+) -> None:
+    """The CLI keeps a failed turn in its history: after the bot gave up on "two", the next
+    turn must not carry it (the process is retired and the session resumed from before it)."""
+    launcher = make_launcher(
+        mode="history,api_error,history", sleep=RecordingSleep(), max_retries=0, warm=warm
+    )
+    first = await launcher.run(request(workdir, "one"))
+    with pytest.raises(TransientCliError):
+        await launcher.run(request(workdir, "two", session_id=first.session_id))
+    assert not launcher.is_warm("p2p:c1")
+    third = await launcher.run(request(workdir, "three", session_id=binding.sessions["p2p:c1"]))
+    assert third.text == "history: one | three"

@@ -88,9 +88,9 @@ Environment:
   ``grandchild_pid``), ``children_killed``, ``stdin_eof`` (``turn_active``: a turn was running
   when stdin closed), ``exit`` (last
   thing, with ``code`` and ``reason``; also on SIGTERM/SIGINT; not on SIGKILL).
-- ``FAKE_CLAUDE_FAILED_TURN_KEPT``: set (non-empty) to keep a turn that failed with an API
-  error in what the model sees next, as the real CLI does (re-measured on 2.1.329); unset, such
-  a turn is left out when no tool ran (the older model).
+- ``FAKE_CLAUDE_FAILED_TURN_KEPT``: a turn that failed with an API error stays in what the
+  model sees next, as the real CLI does (re-measured on 2.1.329); ``0`` leaves it out when no
+  tool ran (an older, wrong model).
 - ``FAKE_CLAUDE_STATE``: a counter file for mode sequences (locked, safe for parallel runs).
 - ``FAKE_CLAUDE_SESSION_ID``: use this id for a new session instead of a random one.
 

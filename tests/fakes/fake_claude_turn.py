@@ -326,9 +326,9 @@ class Turn:
         emit(line)
         # Re-measured on 2.1.329 (CLAUDE_CODE_MAX_RETRIES 0 and 1): the failed turn's prompt
         # IS in the next request (merged into the next user message), in the same process and
-        # after --resume; only --resume-session-at before it leaves it out. The older model
-        # (left out when no tool ran) stays the default for the tests written against it.
-        kept = self.tools_ran or bool(os.environ.get("FAKE_CLAUDE_FAILED_TURN_KEPT"))
+        # after --resume; only --resume-session-at before it leaves it out.
+        # FAKE_CLAUDE_FAILED_TURN_KEPT=0 selects the older, wrong model (left out).
+        kept = self.tools_ran or os.environ.get("FAKE_CLAUDE_FAILED_TURN_KEPT", "1") != "0"
         self.proc.session.add(
             {
                 "role": "assistant",
