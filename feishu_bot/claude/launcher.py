@@ -24,12 +24,18 @@ import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
+from feishu_bot.claude.launcher_config import (
+    LauncherConfig,
+    LauncherStats,
+    RunningTurn,
+    SessionBinding,
+)
+from feishu_bot.claude.outcome import cli_argv, turn_error, turn_result
 from feishu_bot.claude.policy import Action, ResumePoint, backoff, decide
 from feishu_bot.claude.process import child_env
 from feishu_bot.claude.protocol import Outcome, classify
@@ -40,14 +46,13 @@ from feishu_bot.errors import (
     CliNotFound,
     PermanentCliError,
     QueueFull,
-    TransientCliError,
     TurnCancelled,
     TurnTimeout,
 )
 from feishu_bot.events import AskPermission, ClaudeEvent, McpHandler, TurnRequest, TurnResult
 
 if TYPE_CHECKING:
-    from feishu_bot.config import Settings
+    pass
 
 __all__ = [
     "Launcher",
@@ -65,111 +70,6 @@ SleepFn = Callable[[float], Awaitable[None]]
 
 _DEGRADE_AFTER = 3  # consecutive warm-process failures before one process per turn
 _RECOVER_AFTER = 3  # clean one-shot turns before warm again
-
-
-class SessionBinding(Protocol):
-    """Where a conversation's Claude session id lives (the SessionStore satisfies it)."""
-
-    async def set_session(self, key: str, session_id: str) -> None: ...
-
-    async def clear_session(self, key: str) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class LauncherConfig:
-    """How CLI processes are started and limited. ``extra_env`` is added to the child's
-    environment; ``env_drop`` names the bot's own variables the child must not see."""
-
-    bin: str
-    max_concurrent: int = 5
-    queue_max: int = 20
-    conversation_queue_max: int = 5
-    max_per_user: int = 0
-    timeout: float = 600.0
-    max_retries: int = 2
-    retry_delay: float = 2.0
-    permission_mode: str | None = "acceptEdits"
-    allowed_tools: tuple[str, ...] = ()
-    model: str | None = None
-    kill_grace: float = 3.0
-    interrupt_grace: float = 5.0
-    include_partial: bool = True
-    extra_env: tuple[tuple[str, str], ...] = ()
-    env_drop: tuple[str, ...] = ()
-    fork_session: bool = True
-    max_line_bytes: int = 64 * 1024 * 1024
-    stderr_tail_bytes: int = 16 * 1024
-    warm: bool = True
-    idle_timeout: float = 1800.0
-    mcp_config: str | None = None  # JSON for --mcp-config (in-process SDK servers)
-
-    def __post_init__(self) -> None:
-        if self.max_concurrent < 1:
-            raise ValueError("max_concurrent must be at least 1")
-        if self.queue_max < 0 or self.max_retries < 0:
-            raise ValueError("queue_max and max_retries must not be negative")
-        if self.timeout <= 0 or self.kill_grace < 0 or self.retry_delay < 0:
-            raise ValueError("timeout must be positive, kill_grace and retry_delay not negative")
-
-    @classmethod
-    def from_settings(cls, settings: Settings, **overrides: Any) -> LauncherConfig:
-        """Build from the ``CLAUDE_*`` settings; keyword overrides win."""
-        values: dict[str, Any] = {
-            "bin": settings.CLAUDE_BIN,
-            "max_concurrent": settings.CLAUDE_MAX_CONCURRENT,
-            "queue_max": settings.CLAUDE_QUEUE_MAX,
-            "conversation_queue_max": settings.CLAUDE_CONVERSATION_QUEUE_MAX,
-            "max_per_user": settings.CLAUDE_MAX_PER_USER,
-            "timeout": settings.CLAUDE_TIMEOUT,
-            "max_retries": settings.CLAUDE_MAX_RETRIES,
-            "retry_delay": settings.CLAUDE_RETRY_DELAY,
-            "permission_mode": settings.CLAUDE_PERMISSION_MODE or None,
-            "allowed_tools": tuple(settings.allowed_tools),
-            "model": settings.CLAUDE_MODEL or None,
-            "warm": settings.CLAUDE_WARM,
-            "idle_timeout": settings.CLAUDE_IDLE_TIMEOUT,
-            "env_drop": tuple(type(settings).model_fields),
-        }
-        values.update(overrides)
-        return cls(**values)
-
-
-class RunningTurn(NamedTuple):
-    """A turn holding a slot: ``elapsed_s`` of its current attempt (0 between attempts)."""
-
-    key: str
-    elapsed_s: float
-    timeout_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class LauncherStats:
-    """A consistent snapshot; counters are cumulative since start.
-
-    ``active`` turns hold a process; ``warm_idle`` processes wait for their conversation;
-    ``cold_starts`` counts processes started, ``evictions`` idle ones closed to make room.
-    """
-
-    active: int
-    max_concurrent: int
-    queued: int
-    oldest_wait_s: float
-    ok: int
-    failed: int
-    retried: int
-    stale_cleared: int
-    timeouts: int
-    running: tuple[RunningTurn, ...]
-    queue_max: int = 0
-    cancelled: int = 0
-    rejected: int = 0
-    warm_idle: int = 0
-    closing: int = 0
-    evictions: int = 0
-    cold_starts: int = 0
-    died_idle: int = 0
-    degraded: bool = False
-    warm: bool = True
 
 
 class Launcher:
@@ -425,9 +325,14 @@ class Launcher:
                     stderr=att.stderr_tail,
                 )
                 if verdict.outcome is Outcome.OK:
-                    return await self._success(
-                        att, req, attempts, stale_reset, started, fresh, spawned_from
-                    )
+                    session_id = att.parser.session_id
+                    base = spawned_from.session_id
+                    if fresh and base and self._cfg.fork_session and session_id not in (
+                        None, base,
+                    ):
+                        # the fork is a full copy: the parent transcript is dead weight now
+                        await discard_transcript(base, self._env())
+                    return turn_result(att, attempts, stale_reset, started, warm=not fresh)
                 logger.warning("claude attempt {} failed: {}", attempts, verdict.reason)
                 step = decide(
                     verdict,
@@ -464,7 +369,7 @@ class Launcher:
                         if point.session_id is None or point.at_uuid or fresh:
                             self._cut[key] = (saved[0], point)
                         self._retire.add(key)
-                    raise self._error(verdict.reason, att, attempts, step.reason)
+                    raise turn_error(verdict.reason, att, attempts, step.reason)
                 self._n["retried"] += 1
                 delay = backoff(self._cfg.retry_delay, attempts - stale_reset)
                 logger.warning("retrying in {:.2f}s ({})", delay, step.action.value)
@@ -482,97 +387,9 @@ class Launcher:
             self._attempt_started.pop(ticket, None)
             await self._after_turn(key, ticket, session)
 
-    async def _success(
-        self,
-        att: TurnAttempt,
-        req: TurnRequest,
-        attempts: int,
-        stale_reset: bool,
-        started: float,
-        fresh: bool,
-        spawned_from: ResumePoint,
-    ) -> TurnResult:
-        result = att.parser.result
-        assert result is not None
-        session_id = att.parser.session_id or result.session_id
-        base = spawned_from.session_id
-        if fresh and base and self._cfg.fork_session and session_id not in (None, base):
-            # the fork is a full copy: the parent transcript is dead weight now
-            await discard_transcript(base, self._env())
-        return TurnResult(
-            text=result.text or att.parser.text,
-            session_id=session_id,
-            is_error=False,
-            subtype=result.subtype,
-            errors=result.errors,
-            cost_usd=result.cost_usd,
-            duration_ms=result.duration_ms,
-            num_turns=result.num_turns,
-            attempts=attempts,
-            exit_code=att.exit_code,
-            stale_session_reset=stale_reset,
-            extra={
-                "streamed_text": att.parser.text,
-                "terminal_reason": result.terminal_reason,
-                "permission_denials": result.permission_denials,
-                "tools": tuple(att.parser.tools_used),
-                "api_retries": att.parser.api_retries,
-                "wall_ms": int((time.monotonic() - started) * 1000),
-                "first_text_s": att.first_text_s,
-                "warm": not fresh,
-            },
-        )
-
-    def _error(self, reason: str, att: TurnAttempt, attempts: int, why: str) -> Exception:
-        result = att.parser.result
-        details: dict[str, Any] = {
-            "exit_code": att.exit_code,
-            "stderr_tail": att.stderr_tail,
-            "result_errors": result.errors if result else (),
-            "attempts": attempts,
-            "partial_text": att.parser.text,
-        }
-        verdict = classify(
-            exit_code=att.exit_code if att.died else None, result=result, stderr=att.stderr_tail
-        )
-        if verdict.outcome is Outcome.TRANSIENT:
-            return TransientCliError(
-                reason,
-                side_effects=tuple(dict.fromkeys(att.side_effects)) if why == "side effects"
-                else (),
-                **details,
-            )
-        return PermanentCliError(reason, **details)
-
     # ------------------------------------------------------------------ processes
     def _env(self) -> dict[str, str]:
         return child_env(os.environ, self._cfg.extra_env, self._cfg.env_drop)
-
-    def _argv(self, req: TurnRequest, resume: ResumePoint) -> list[str]:
-        cfg = self._cfg
-        argv = [
-            cfg.bin, "--input-format", "stream-json", "--output-format", "stream-json",
-            "--verbose", "--permission-prompt-tool", "stdio",
-        ]
-        if cfg.include_partial:
-            argv.append("--include-partial-messages")
-        if resume.session_id:
-            argv += ["--resume", resume.session_id]
-            if resume.at_uuid:
-                argv += ["--resume-session-at", resume.at_uuid]
-            if cfg.fork_session:
-                argv.append("--fork-session")
-        if cfg.permission_mode:
-            argv += ["--permission-mode", cfg.permission_mode]
-        if cfg.allowed_tools:
-            # One comma-joined value: the option is variadic and would swallow later words.
-            argv += ["--allowedTools", ",".join(cfg.allowed_tools)]
-        if cfg.mcp_config:
-            argv += ["--mcp-config", cfg.mcp_config]
-        model = req.model or cfg.model
-        if model:
-            argv += ["--model", model]
-        return argv
 
     async def _spawn(self, req: TurnRequest, resume: ResumePoint, attempt: int) -> CliSession:
         workdir = Path(req.workdir)
@@ -580,7 +397,7 @@ class Launcher:
             raise PermanentCliError(f"working directory {workdir} does not exist")
         session = CliSession(
             req.conversation_key,
-            self._argv(req, resume),
+            cli_argv(self._cfg, resume, req.model),
             cwd=workdir,
             env=self._env(),
             kill_grace=self._cfg.kill_grace,

@@ -24,23 +24,19 @@ import asyncio
 import contextlib
 import json
 import time
-import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from loguru import logger
 
+from feishu_bot.claude.control import ControlChannel, TurnAttempt, TurnState
 from feishu_bot.claude.process import kill_tree, reap_leftovers, spawn_cli
-from feishu_bot.claude.protocol import StreamParser
 from feishu_bot.claude.streams import TailBuffer, drain, read_lines
 from feishu_bot.events import (
     AskPermission,
     ClaudeEvent,
     McpHandler,
-    PermissionDecision,
-    PermissionRequest,
 )
 
 __all__ = ["READ_ONLY_TOOLS", "CliSession", "TurnAttempt", "user_message"]
@@ -68,61 +64,7 @@ def user_message(prompt: str, content: tuple[dict[str, Any], ...] = ()) -> dict[
     }
 
 
-@dataclass
-class TurnAttempt:
-    """What one turn in this process produced."""
-
-    parser: StreamParser = field(default_factory=StreamParser)
-    died: bool = False  # the process exited before the turn's result
-    exit_code: int | None = None
-    timed_out: bool = False
-    stopped: bool = False
-    stderr_tail: str = ""
-    wall_s: float = 0.0
-    side_effects: list[str] = field(default_factory=list)  # tools that ran and may change things
-    assistant_uuid: str | None = None
-    first_text_s: float | None = None
-
-
-class _Turn:
-    def __init__(
-        self,
-        on_event: OnEvent | None,
-        ask: AskPermission | None,
-        mcp: McpHandler | None,
-    ) -> None:
-        self.attempt = TurnAttempt()
-        self.done = asyncio.get_running_loop().create_future()
-        self.on_event = on_event
-        self.ask = ask
-        self.mcp = mcp
-        self.tool_names: dict[str, str] = {}
-        self.started = time.monotonic()
-        self.asking = 0
-        self.paused_s = 0.0
-        self.paused_at: float | None = None
-        self.ask_changed = asyncio.Event()
-
-    def active_s(self) -> float:
-        now = time.monotonic()
-        paused = self.paused_s + (now - self.paused_at if self.paused_at is not None else 0.0)
-        return now - self.started - paused
-
-    def pause(self, on: bool) -> None:
-        now = time.monotonic()
-        if on:
-            self.asking += 1
-            if self.asking == 1:
-                self.paused_at = now
-        else:
-            self.asking -= 1
-            if self.asking == 0 and self.paused_at is not None:
-                self.paused_s += now - self.paused_at
-                self.paused_at = None
-        self.ask_changed.set()
-
-
-class CliSession:
+class CliSession(ControlChannel):
     """One live CLI process for one conversation: ``start()``, ``run_turn()``..., ``close()``.
 
     ``on_exit`` is called (synchronously, once) when the process is gone and reaped, whatever
@@ -159,7 +101,7 @@ class CliSession:
         self.last_used = time.monotonic()
         self.exited = asyncio.Event()
         self._stderr = TailBuffer(stderr_tail_bytes)
-        self._turn: _Turn | None = None
+        self._turn: TurnState | None = None
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._handlers: dict[str, asyncio.Task[None]] = {}
         self._io: list[asyncio.Task[None]] = []
@@ -235,7 +177,7 @@ class CliSession:
         CancelledError propagates; the process stays usable if the interrupt worked.
         """
         assert self._turn is None, "one turn at a time"
-        turn = _Turn(on_event, ask_permission, mcp)
+        turn = TurnState(on_event, ask_permission, mcp)
         self._turn = turn
         mark = self._stderr.mark()
         try:
@@ -277,7 +219,7 @@ class CliSession:
                 self.last_assistant_uuid = att.assistant_uuid
         return att
 
-    async def _until_done(self, turn: _Turn, timeout: float) -> None:
+    async def _until_done(self, turn: TurnState, timeout: float) -> None:
         while not turn.done.done():
             remaining = timeout - turn.active_s()
             if remaining <= 0 and not turn.asking:
@@ -294,7 +236,7 @@ class CliSession:
             finally:
                 changed.cancel()
 
-    async def _stop_turn(self, turn: _Turn) -> None:
+    async def _stop_turn(self, turn: TurnState) -> None:
         """Interrupt; kill the tree if no result comes within the grace."""
         for handler in list(self._handlers.values()):
             handler.cancel()  # a waiting approval is answered "deny" by its own cleanup
@@ -330,27 +272,6 @@ class CliSession:
             proc.stdin.write(data)
             await proc.stdin.drain()
 
-    async def _control(self, request: dict[str, Any], *, wait: bool) -> dict[str, Any] | None:
-        request_id = f"req_{uuid.uuid4().hex[:16]}"
-        fut: asyncio.Future[dict[str, Any]] | None = None
-        if wait:
-            fut = asyncio.get_running_loop().create_future()
-            self._pending[request_id] = fut
-        await self._write({"type": "control_request", "request_id": request_id, "request": request})
-        if fut is None:
-            return None
-        try:
-            return await fut
-        finally:
-            self._pending.pop(request_id, None)
-
-    async def _respond(self, request_id: str, body: dict[str, Any] | None, error: str = "") -> None:
-        if error:
-            response = {"subtype": "error", "request_id": request_id, "error": error}
-        else:
-            response = {"subtype": "success", "request_id": request_id, "response": body or {}}
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError, OSError, AssertionError):
-            await self._write({"type": "control_response", "response": response})
 
     # ------------------------------------------------------------------ stdout
     async def _read(self) -> None:
@@ -377,7 +298,7 @@ class CliSession:
             except Exception:
                 logger.exception("on_exit callback failed")
 
-    def _end_turn_dead(self, turn: _Turn) -> None:
+    def _end_turn_dead(self, turn: TurnState) -> None:
         turn.attempt.died = True
         turn.attempt.exit_code = self.proc.returncode if self.proc else None
         if not turn.done.done():
@@ -411,7 +332,7 @@ class CliSession:
             return
         await self._consume(turn, obj)
 
-    async def _consume(self, turn: _Turn, obj: dict[str, Any]) -> None:
+    async def _consume(self, turn: TurnState, obj: dict[str, Any]) -> None:
         kind = obj.get("type")
         self._observe(turn, obj)
         for event in turn.attempt.parser.feed_object(obj):
@@ -427,7 +348,7 @@ class CliSession:
         if kind == "result" and not turn.done.done():
             turn.done.set_result(None)
 
-    def _observe(self, turn: _Turn, obj: dict[str, Any]) -> None:
+    def _observe(self, turn: TurnState, obj: dict[str, Any]) -> None:
         """Track the assistant's message uuid and which tools really ran."""
         message = obj.get("message")
         content = message.get("content") if isinstance(message, dict) else None
@@ -452,93 +373,6 @@ class CliSession:
                 if name and name not in READ_ONLY_TOOLS and _REJECTED not in text:
                     turn.attempt.side_effects.append(name)
 
-    # ------------------------------------------------------------------ control requests
-    def _on_control_response(self, obj: dict[str, Any]) -> None:
-        response = obj.get("response")
-        if not isinstance(response, dict):
-            return
-        fut = self._pending.get(str(response.get("request_id")))
-        if fut is not None and not fut.done():
-            fut.set_result(response)
-
-    def _on_control_request(self, obj: dict[str, Any]) -> None:
-        request_id = str(obj.get("request_id") or "")
-        request = obj.get("request") if isinstance(obj.get("request"), dict) else {}
-        task = asyncio.create_task(self._answer(request_id, request), name=f"ctl:{request_id}")
-        self._handlers[request_id] = task
-        task.add_done_callback(lambda _t: self._handlers.pop(request_id, None))
-
-    async def _answer(self, request_id: str, request: dict[str, Any]) -> None:
-        subtype = request.get("subtype")
-        turn = self._turn
-        try:
-            if subtype == "can_use_tool":
-                decision = await self._permission(turn, request)
-                await self._respond(request_id, _decision_body(decision, request))
-            elif subtype == "mcp_message":
-                await self._mcp(turn, request_id, request)
-            else:
-                logger.warning("claude sent an unknown control request {!r}", subtype)
-                await self._respond(request_id, None, f"unsupported control request: {subtype}")
-        except asyncio.CancelledError:
-            if subtype == "can_use_tool":
-                deny = PermissionDecision(False, "Stopped before anyone answered.", interrupt=True)
-                await asyncio.shield(self._respond(request_id, _decision_body(deny, request)))
-            raise
-        except Exception as exc:
-            logger.exception("answering control request {} failed", subtype)
-            await self._respond(request_id, None, f"{type(exc).__name__}: {exc}")
-
-    async def _permission(self, turn: _Turn | None, request: dict[str, Any]) -> PermissionDecision:
-        tool = str(request.get("tool_name") or "?")
-        if turn is None or turn.ask is None:
-            reason = f"{tool} is not allowed by the bot's permission rules."
-            return PermissionDecision(False, reason)
-        tool_input = request.get("input") if isinstance(request.get("input"), dict) else {}
-        suggestions = request.get("permission_suggestions")
-        req = PermissionRequest(
-            request_id=str(request.get("tool_use_id") or ""),
-            tool_name=tool,
-            input=tool_input,
-            tool_use_id=request.get("tool_use_id") if isinstance(
-                request.get("tool_use_id"), str) else None,
-            blocked_path=request.get("blocked_path") if isinstance(
-                request.get("blocked_path"), str) else None,
-            suggestions=tuple(s for s in suggestions if isinstance(s, dict))
-            if isinstance(suggestions, list) else (),
-        )
-        turn.pause(True)
-        try:
-            return await turn.ask(req)
-        finally:
-            turn.pause(False)
-
-    async def _mcp(self, turn: _Turn | None, request_id: str, request: dict[str, Any]) -> None:
-        server = str(request.get("server_name") or "")
-        message = request.get("message") if isinstance(request.get("message"), dict) else {}
-        handler = turn.mcp if turn is not None else self.default_mcp
-        if handler is None:
-            reply: dict[str, Any] | None = {
-                "jsonrpc": "2.0",
-                "id": message.get("id"),
-                "error": {"code": -32601, "message": f"no MCP server {server!r} here"},
-            }
-        else:
-            reply = await handler(server, message)
-        await self._respond(request_id, {"mcp_response": reply or {"jsonrpc": "2.0", "result": {}}})
-
-    default_mcp: McpHandler | None = None
-
-
-def _decision_body(decision: PermissionDecision, request: dict[str, Any]) -> dict[str, Any]:
-    if decision.allow:
-        original = request.get("input") if isinstance(request.get("input"), dict) else {}
-        updated = decision.updated_input if decision.updated_input is not None else original
-        return {"behavior": "allow", "updatedInput": updated}
-    body: dict[str, Any] = {"behavior": "deny", "message": decision.message or "Denied."}
-    if decision.interrupt:
-        body["interrupt"] = True
-    return body
 
 
 async def _run_to_completion(aw: Awaitable[Any]) -> Any:

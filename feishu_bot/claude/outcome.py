@@ -1,0 +1,93 @@
+"""Pure pieces of a turn: the CLI's argument vector, and what a finished attempt becomes
+(a TurnResult, or the error the user is told about)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from feishu_bot.claude.control import TurnAttempt
+from feishu_bot.claude.launcher_config import LauncherConfig
+from feishu_bot.claude.policy import ResumePoint
+from feishu_bot.claude.protocol import Outcome, classify
+from feishu_bot.errors import PermanentCliError, TransientCliError
+from feishu_bot.events import TurnResult
+
+__all__ = ["cli_argv", "turn_error", "turn_result"]
+
+
+def cli_argv(cfg: LauncherConfig, resume: ResumePoint, model: str | None) -> list[str]:
+    """``claude`` in stream-json mode, resuming ``resume`` (forked) when it names a session."""
+    argv = [
+        cfg.bin, "--input-format", "stream-json", "--output-format", "stream-json",
+        "--verbose", "--permission-prompt-tool", "stdio",
+    ]
+    if cfg.include_partial:
+        argv.append("--include-partial-messages")
+    if resume.session_id:
+        argv += ["--resume", resume.session_id]
+        if resume.at_uuid:
+            argv += ["--resume-session-at", resume.at_uuid]
+        if cfg.fork_session:
+            argv.append("--fork-session")
+    if cfg.permission_mode:
+        argv += ["--permission-mode", cfg.permission_mode]
+    if cfg.allowed_tools:
+        # One comma-joined value: the option is variadic and would swallow later words.
+        argv += ["--allowedTools", ",".join(cfg.allowed_tools)]
+    if cfg.mcp_config:
+        argv += ["--mcp-config", cfg.mcp_config]
+    model = model or cfg.model
+    if model:
+        argv += ["--model", model]
+    return argv
+
+
+def turn_result(
+    att: TurnAttempt, attempts: int, stale_reset: bool, started: float, *, warm: bool
+) -> TurnResult:
+    """The result of a successful attempt (its result object said so)."""
+    result = att.parser.result
+    assert result is not None
+    return TurnResult(
+        text=result.text or att.parser.text,
+        session_id=att.parser.session_id or result.session_id,
+        is_error=False,
+        subtype=result.subtype,
+        errors=result.errors,
+        cost_usd=result.cost_usd,
+        duration_ms=result.duration_ms,
+        num_turns=result.num_turns,
+        attempts=attempts,
+        exit_code=att.exit_code,
+        stale_session_reset=stale_reset,
+        extra={
+            "streamed_text": att.parser.text,
+            "terminal_reason": result.terminal_reason,
+            "permission_denials": result.permission_denials,
+            "tools": tuple(att.parser.tools_used),
+            "api_retries": att.parser.api_retries,
+            "wall_ms": int((time.monotonic() - started) * 1000),
+            "first_text_s": att.first_text_s,
+            "warm": warm,
+        },
+    )
+
+
+def turn_error(reason: str, att: TurnAttempt, attempts: int, why: str) -> Exception:
+    """The error of a turn given up on; ``side_effects`` is set when that is why."""
+    result = att.parser.result
+    details: dict[str, Any] = {
+        "exit_code": att.exit_code,
+        "stderr_tail": att.stderr_tail,
+        "result_errors": result.errors if result else (),
+        "attempts": attempts,
+        "partial_text": att.parser.text,
+    }
+    verdict = classify(
+        exit_code=att.exit_code if att.died else None, result=result, stderr=att.stderr_tail
+    )
+    if verdict.outcome is Outcome.TRANSIENT:
+        effects = tuple(dict.fromkeys(att.side_effects)) if why == "side effects" else ()
+        return TransientCliError(reason, side_effects=effects, **details)
+    return PermanentCliError(reason, **details)
