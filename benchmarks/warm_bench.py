@@ -27,10 +27,10 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import BotProcess, machine_info, percentile  # noqa: E402
-from feishu_bot.simulator import FeishuSimulator  # noqa: E402
-from tests.fakes.claude_env import REAL_CLAUDE_BIN, claude_env  # noqa: E402
-from tests.fakes.fake_anthropic import FakeAnthropic  # noqa: E402
+from benchmarks._common import BotProcess, machine_info, percentile
+from feishu_bot.simulator import FeishuSimulator
+from tests.fakes.claude_env import REAL_CLAUDE_BIN, claude_env
+from tests.fakes.fake_anthropic import FakeAnthropic
 
 MB = 1024 * 1024
 
