@@ -147,7 +147,6 @@ class Bot:
         from feishu_bot.dispatch import Dispatcher
         from feishu_bot.feishu.access import AccessPolicy, RefusalLimiter
         from feishu_bot.feishu.gateway import FeishuGateway
-        from feishu_bot.feishu.progress import ReplyStream
         from feishu_bot.feishu.replier import FeishuReplier
         from feishu_bot.health import HealthMonitor
         from feishu_bot.health_http import HealthServer
@@ -205,7 +204,10 @@ class Bot:
         stack.push_async_callback(turns.aclose)
 
         access = AccessPolicy(s.FEISHU_ALLOWED_USERS, s.FEISHU_ALLOWED_CHATS, s.FEISHU_ALLOW_ALL)
-        conversations = Conversations(access=access, stream_factory=ReplyStream)
+        from feishu_bot.handlers.cards import card_services
+
+        cards = card_services(s, store)  # signer, CardStreamFactory, ApprovalBroker, answers
+        conversations = Conversations(access=access, stream_factory=cards.stream_factory)
         ctx = BotContext(
             settings=s,
             store=store,
@@ -216,6 +218,8 @@ class Bot:
             gateway_status=self._gateway_status,
             metrics=metrics,
             conversations=conversations,
+            approvals=cards.broker,
+            card_answers=cards.answers,
         )
         conversations.bind(ctx)
         self._ctx = ctx

@@ -37,6 +37,7 @@ class BotContext:
     conversations: Conversations | None = None  # type: ignore[assignment]
     # Optional services of the cards and files features (None: rules only / no MCP tools).
     approvals: Any = None
+    card_answers: Any = None  # the answers of recent clicks, for redeliveries
 
     @property
     def uptime_s(self) -> float:

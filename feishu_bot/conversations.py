@@ -135,10 +135,23 @@ class Conversations:
 
     # ------------------------------------------------------------------ stopping
     def stop(self, key: str) -> int:
-        """Stop the running turn (interrupt) and cancel the queued ones of a conversation."""
+        """Stop the running turn (interrupt) and cancel the queued ones of a conversation.
+        A waiting approval is settled first ("stopped": deny and interrupt), so the card
+        records it."""
+        broker = self.ctx.approvals
+        if broker is not None:
+            broker.stop_conversation(key)
         return self.ctx.turns.cancel_conversation(key, "stop")
 
     # ------------------------------------------------------------------ one turn
+    def _new_stream(self, message_id: str, in_thread: bool, key: str, turn_id: int) -> Any:
+        factory = self._stream_factory
+        if isinstance(factory, type):  # a plain ReplyStream class (tests, PATCH-only)
+            return factory(self.ctx.replier, message_id, in_thread=in_thread)
+        return factory(
+            self.ctx.replier, message_id, in_thread=in_thread, conversation_key=key, turn_id=turn_id
+        )
+
     def _watch_ui(self, stream: Any, turn_id: int, card: str | None) -> None:
         """Journal the turn's reaction and card as they appear; reuse a card a crashed run of
         the same turn left behind."""
@@ -168,7 +181,9 @@ class Conversations:
         stream = None
         with logger.contextualize(conversation=msg.conversation_key, message_id=msg.message_id):
             try:
-                stream = self._stream_factory(ctx.replier, msg.message_id, in_thread=msg.in_thread)
+                stream = self._new_stream(
+                    msg.message_id, msg.in_thread, msg.conversation_key, turn_id
+                )
                 self._watch_ui(stream, turn_id, card)
                 if not self._accepting:
                     logger.info("turn {} arrived during shutdown: kept queued", turn_id)
@@ -298,8 +313,8 @@ class Conversations:
         for attempt in range(attempts):
             try:
                 if turn.card_message_id and self._stream_factory is not None:
-                    stream = self._stream_factory(
-                        self.ctx.replier, turn.message_id, in_thread=bool(turn.reply_in_thread)
+                    stream = self._new_stream(
+                        turn.message_id, bool(turn.reply_in_thread), turn.conversation_key, turn.id
                     )
                     if hasattr(stream, "adopt"):
                         stream.adopt(turn.card_message_id)

@@ -147,7 +147,9 @@ class Dispatcher:
         except ImportError:
             return {"toast": {"type": "error", "content": "Buttons are not supported here."}}
         try:
-            return await handle_card_action(self._ctx, envelope, access=self._access)
+            return await handle_card_action(
+                self._ctx, envelope, access=self._access, answers=self._ctx.card_answers
+            )
         except Exception:
             logger.exception("dispatch: card action failed")
             return {"toast": {"type": "error", "content": "Something went wrong; try again."}}
