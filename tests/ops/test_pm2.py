@@ -187,9 +187,10 @@ async def test_pm2_start_logs_restart_and_graceful_stop(
     assert "stop requested: finishing running turns" in log
     assert "shutdown: interrupting 1 turns still running" in log
     assert fake_log.alive() == []
-    # pm2 signalled the bot only (treekill false) and never needed SIGKILL.
+    # pm2 signalled the bot only (treekill false: no SIGINT reached the CLI); the bot
+    # interrupted the turn and closed the CLI (stdin EOF), no signal and no SIGKILL needed.
     exits = [r for r in fake_log.records("exit") if "in flight" in r["prompt_head"]]
-    assert [r.get("signal") for r in exits] == ["SIGTERM"]
+    assert [r.get("signal") for r in exits] == [None]
     daemon = pm2.daemon_log()
     assert "still alive after" not in daemon
     assert daemon.count(f"App [{APP}:0] exited with code [0]") == 2, daemon[-2000:]

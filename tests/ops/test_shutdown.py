@@ -97,14 +97,16 @@ async def test_sigterm_interrupts_a_hung_turn_after_the_grace_and_keeps_a_waitin
 
     assert await bot.wait_exit(grace + 30) == 0
     stop_s = time.monotonic() - t0
-    # A few seconds over the grace: the kill (SIGTERM, then SIGKILL after 3 s) and teardown.
+    # A few seconds over the grace: the interrupt (or kill) and teardown.
     assert grace <= stop_s < grace + 10, f"stop took {stop_s:.1f}s with a {grace}s grace"
     text = await replies_text(sim, mid, contains=INTERRUPTED)
     assert "send it again" in text
     assert journal(db)[mid] == "interrupted"
     assert fake_log.alive() == []
     exits = fake_log.records("exit")
-    assert [e.get("signal") for e in exits] == ["SIGTERM"]
+    # interrupted over the control protocol (its tool's tree killed by the CLI), then closed
+    # with the other processes at shutdown (stdin EOF): no signal needed
+    assert [e.get("signal") for e in exits] == [None]
     assert bot.find(r"shutdown: interrupting 1 turns still running") is not None
     print(f"\nstop with a hung turn, grace {grace}s: {stop_s:.2f}s")
     # The waiting turn never started: the user is told it is kept, and it runs after a start.

@@ -9,7 +9,6 @@ from feishu_bot.turns import TurnHandle, TurnRegistry
 
 async def _hold(reg: TurnRegistry, handle: TurnHandle, cancelled: list[str]) -> None:
     try:
-        await reg.wait_turn(handle)
         await asyncio.Event().wait()
     except asyncio.CancelledError:
         cancelled.append(f"{handle.message_id}:{handle.cancel_reason}")
