@@ -93,9 +93,12 @@ class Conversations:
         (the user is told)."""
         ctx = self.ctx
         try:
-            ticket = ctx.launcher.reserve(msg.conversation_key, msg.sender_open_id)
+            ticket = ctx.launcher.reserve(
+                msg.conversation_key, msg.sender_open_id, count_rejection=False
+            )
         except QueueFull as exc:
-            if await ctx.store.mark_processed(msg.message_id):
+            if await ctx.store.mark_processed(msg.message_id):  # not a redelivery
+                ctx.launcher.note_rejected()
                 ctx.metrics.turn_finished("busy")
                 text, _ = wording.describe_error(exc)
                 ctx.turns.spawn(self._reply(msg, text), name=f"busy:{msg.message_id}")

@@ -113,15 +113,22 @@ class Launcher:
         return self._cfg
 
     # ------------------------------------------------------------------ public API
-    def reserve(self, key: str, user: str = "") -> Ticket:
-        """Fix a turn's place now (synchronously); QueueFull when the queues are full."""
+    def reserve(self, key: str, user: str = "", *, count_rejection: bool = True) -> Ticket:
+        """Fix a turn's place now (synchronously); QueueFull when the queues are full.
+
+        ``count_rejection=False`` leaves the refusal out of the stats, for a caller that first
+        checks whether the message is a redelivery (then ``note_rejected`` if it is not)."""
         if self._closed:
             raise TurnCancelled("launcher closed")
         try:
             return self._sched.reserve(key, user)
         except QueueFull:
-            self._n["rejected"] += 1
+            if count_rejection:
+                self._n["rejected"] += 1
             raise
+
+    def note_rejected(self) -> None:
+        self._n["rejected"] += 1
 
     def cancel_reservation(self, ticket: Ticket) -> None:
         self._sched.release(ticket)

@@ -13,10 +13,12 @@ speed. What happens during the run (all choices come from one seeded `random.Ran
 - CLI crashes (exit 1, and death by SIGKILL): retried once (CLAUDE_MAX_RETRIES=1), then reported;
   one CLI that hangs until CLAUDE_TIMEOUT.
 
+The cards are the PATCH-updated ones (FEISHU_CARDKIT=off); warm sessions are on.
+
 At the end: every message was acked, has exactly one reply card, and that card is final (green
 with the echo, or red with the expected error) and never went back to a progress state; no
 answer appears twice; the bot ran exactly
-the CLI processes it should (one per message, two per crashing one); the fake CLI's own
+the CLI turns it should (one per message, two per crashing one); the fake CLI's own
 start/exit records never show more than CLAUDE_MAX_CONCURRENT alive at once; no CLI process is
 left; no reaction is left on a user message; every received event was either accepted once or
 dropped as a duplicate.
@@ -175,9 +177,9 @@ async def repush_lost(sim: FeishuSimulator, event_ids: list[str], timeout: float
 
 
 def cli_runs(log: FakeClaudeLog) -> Counter[int]:
-    """Message index -> number of fake CLI processes started for it."""
+    """Message index -> number of CLI runs (turns, in warm or new processes) made for it."""
     runs: Counter[int] = Counter()
-    for rec in log.starts():
+    for rec in log.turns():
         found = re.search(r"soak#(\d{3}) ", rec["prompt_head"])
         assert found, rec
         runs[int(found.group(1))] += 1
@@ -198,9 +200,13 @@ async def test_soak_200_messages_50_conversations_with_faults(
     running = await start_bot(
         fake_cli=True,
         CLAUDE_MAX_CONCURRENT=CAP,
-        # The launcher queue holds at most one turn per conversation (later ones wait in their
-        # conversation's turnstile), so 50 places mean no "busy" refusal can happen.
-        CLAUDE_QUEUE_MAX=CONVERSATIONS,
+        # Every waiting turn counts against the queue (also those behind their own
+        # conversation), so room for all of them means no "busy" refusal can happen.
+        CLAUDE_QUEUE_MAX=CONVERSATIONS * PER_CONVERSATION,
+        CLAUDE_CONVERSATION_QUEUE_MAX=PER_CONVERSATION,
+        # The PATCH cards, whose every version the simulator keeps (the CardKit path has its
+        # own end-to-end tests, tests/e2e/test_cards.py).
+        FEISHU_CARDKIT="off",
         CLAUDE_TIMEOUT=TIMEOUT_S,
         CLAUDE_MAX_RETRIES=MAX_RETRIES,
         LOG_LEVEL="INFO",
