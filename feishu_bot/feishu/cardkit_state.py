@@ -11,11 +11,11 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from loguru import logger
 
 from feishu_bot.errors import FeishuApiError
+from feishu_bot.feishu.reaction import Reaction
 
 __all__ = ["SCOPE", "CardKitState", "Reaction"]
 
@@ -98,51 +98,3 @@ class CardKitState:
             await self._sleep(max(max(waits), 0.01))
 
 
-class Reaction:
-    """The "working" emoji on the user's message, added in the background, removed at the end."""
-
-    def __init__(
-        self,
-        replier: Any,
-        message_id: str,
-        emoji: str | None,
-        notify: Callable[[str, str], None] | None = None,
-    ) -> None:
-        self._replier, self._message_id, self._emoji = replier, message_id, emoji
-        self._notify = notify or (lambda kind, value: None)  # ("reaction", id or "" once gone)
-        self._task: asyncio.Task[str | None] | None = None
-
-    def add(self) -> None:
-        if self._emoji and self._task is None:
-            self._task = asyncio.create_task(self._add(), name=f"reaction:{self._message_id}")
-
-    async def _add(self) -> str | None:
-        try:
-            reaction_id = await self._replier.add_reaction(self._message_id, self._emoji)
-        except Exception as exc:  # cosmetic
-            logger.warning("adding reaction {} failed: {}", self._emoji, exc)
-            return None
-        self._notify("reaction", reaction_id)
-        return reaction_id
-
-    async def remove(self) -> None:
-        task, self._task = self._task, None
-        if task is None:
-            return
-        try:
-            reaction_id = await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise  # we are being cancelled ourselves
-            return  # only the reaction task was cancelled
-        if reaction_id is not None:
-            try:
-                await self._replier.remove_reaction(self._message_id, reaction_id)
-                self._notify("reaction", "")
-            except Exception as exc:  # cosmetic
-                logger.warning("removing reaction failed: {}", exc)
-
-    def cancel(self) -> None:
-        if self._task is not None:
-            self._task.cancel()

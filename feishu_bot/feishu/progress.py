@@ -36,6 +36,7 @@ from loguru import logger
 
 from feishu_bot.errors import FeishuApiError, FeishuTransientError
 from feishu_bot.feishu import render
+from feishu_bot.feishu.reaction import Reaction
 from feishu_bot.feishu.render import CardState
 
 __all__ = ["DEFAULT_REACTION", "CardReplier", "ReplyStream"]
@@ -89,7 +90,6 @@ class ReplyStream:
         self._min_interval = min_interval
         self._clock = clock
         self._sleep = sleep
-        self._reaction_type = reaction
         self._title = title
         # One uuid per logical card: a retried or repeated create cannot post a duplicate.
         self._uuid = uuid_mod.uuid4().hex
@@ -106,7 +106,9 @@ class ReplyStream:
         self._next_at = 0.0  # earliest clock time for the next progress request
         self._io_lock = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
-        self._reaction_task: asyncio.Task[str | None] | None = None
+        self._reaction = Reaction(
+            replier, reply_to, reaction, lambda kind, value: self._notify(kind, value)
+        )
         self._closed = False  # finish/fail began: progress is over
         self.patches = 0  # progress+final PATCH count (for tests and metrics)
         # Told ("reaction"|"card", id) when either appears ("" when the reaction goes), so the
@@ -142,7 +144,7 @@ class ReplyStream:
     async def aclose(self) -> None:
         """Stop background work without delivering anything (finish/fail not called)."""
         self._closed = True
-        tasks = [t for t in (self._flusher, self._reaction_task) if t is not None]
+        tasks = [t for t in (self._flusher, self._reaction.cancel()) if t is not None]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -182,10 +184,7 @@ class ReplyStream:
             self._started_at = self._clock()
         self._state = "working"
         self._queue_position = None
-        if self._reaction_type and self._reaction_task is None:
-            self._reaction_task = asyncio.create_task(
-                self._add_reaction(self._reaction_type), name=f"reaction:{self._reply_to}"
-            )
+        self._reaction.add()
         if self._card_id is not None or self._want_card:
             self._kick()
 
@@ -291,36 +290,6 @@ class ReplyStream:
             self.patches += 1
         return card_id
 
-    async def _add_reaction(self, emoji: str) -> str | None:
-        try:
-            reaction_id = await self._replier.add_reaction(self._reply_to, emoji)
-            self._notify("reaction", reaction_id)
-            return reaction_id
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a missing reaction is cosmetic
-            logger.warning("adding reaction {} failed: {}", emoji, exc)
-            return None
-
-    async def _remove_reaction(self) -> None:
-        task, self._reaction_task = self._reaction_task, None
-        if task is None:
-            return
-        try:
-            reaction_id = await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise  # we are being cancelled ourselves
-            return  # only the reaction task was cancelled
-        if reaction_id is None:
-            return
-        try:
-            await self._replier.remove_reaction(self._reply_to, reaction_id)
-            self._notify("reaction", "")
-        except Exception as exc:  # cosmetic
-            logger.warning("removing reaction failed: {}", exc)
-
     async def _deliver(
         self, text: str, *, state: CardState, note: str | None, title: str | None
     ) -> None:
@@ -340,7 +309,7 @@ class ReplyStream:
                         self._reply_to, card, in_thread=self._in_thread, uuid=f"{self._uuid}-{i}"
                     )
         finally:
-            await self._remove_reaction()
+            await self._reaction.remove()
 
     async def _put_first(self, card: dict[str, Any]) -> None:
         if self._card_id is not None:
