@@ -91,6 +91,13 @@ async def test_healthz_and_metrics_follow_the_bot(
     assert value(m, "feishu_bot_max_concurrent") == 1
     assert value(m, "feishu_bot_websocket_connected") == 1
     assert value(m, "feishu_bot_websocket_reconnects_total") == 0
+    # warm sessions: one busy process and no idle one at the cap of 1 (each new conversation
+    # evicted the idle process of the one before)
+    assert value(m, "feishu_bot_claude_processes", state="busy") == 1
+    assert value(m, "feishu_bot_claude_processes", state="idle") == 0
+    assert value(m, "feishu_bot_claude_evictions_total") >= 1
+    assert value(m, "feishu_bot_claude_cold_starts_total") >= 4
+    assert value(m, "feishu_bot_first_text_seconds_count") >= 2
     status, body = await healthz(port)
     assert status == 200 and (body["active"], body["queued"]) == (1, 1)
 
