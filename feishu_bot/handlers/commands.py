@@ -53,8 +53,7 @@ async def cmd_new(ctx: BotContext, msg: InboundMessage, args: str) -> str:
     await _ensure(ctx, msg)
     await ctx.launcher.close_session(msg.conversation_key)
     await ctx.store.clear_session(msg.conversation_key)
-    if hasattr(ctx.store, "clear_grants"):
-        await ctx.store.clear_grants(msg.conversation_key)
+    await ctx.store.clear_grants(msg.conversation_key)
     await drop_kept(ctx, msg.conversation_key)
     return "Started a new conversation: your next message begins a fresh Claude session."
 
@@ -79,6 +78,8 @@ async def cmd_status(ctx: BotContext, msg: InboundMessage, args: str) -> str:
         state = "idle"
     if len(handles) > 1:
         state += f" ({len(handles) - 1} more waiting)"
+    grants = await ctx.store.list_grants(msg.conversation_key)
+    allowed = ", ".join(f"{tool} (by {by})" for tool, by, _ in grants)
     stats = ctx.launcher.stats()
     warm = "warm (the next message needs no start-up)" if ctx.launcher.is_warm(
         msg.conversation_key) else "none (the next message starts one)"
@@ -93,6 +94,7 @@ async def cmd_status(ctx: BotContext, msg: InboundMessage, args: str) -> str:
         f"• working directory: {conv.workdir if conv else ctx.workdir_root}",
         f"• model: {model}",
         f"• claude process: {warm}",
+        f"• always allowed here: {allowed or 'nothing (tools are asked for; /new clears this)'}",
         f"• turns: {turns}, cost ${cost:.4f}",
         f"Bot: {stats.active}/{stats.max_concurrent} running, {stats.warm_idle} warm idle, "
         f"{stats.queued} queued, "

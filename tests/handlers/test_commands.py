@@ -142,6 +142,12 @@ async def test_status_shows_conversation_and_bot(ctx: BotContext) -> None:
     assert "session: none" in text and "model: opus" in text and "state: idle" in text
     assert "2/5 running" in text and "1 queued" in text and "websocket connected" in text
     assert "claude process: none" in text
+    assert "always allowed here: nothing" in text
+    await ctx.store.grant_tool(MSG.conversation_key, "Bash", "ou_boss")
+    text = await run_command(ctx, MSG, "status", "")
+    assert "always allowed here: Bash (by ou_boss)" in text
+    await run_command(ctx, MSG, "new", "")
+    assert "always allowed here: nothing" in await run_command(ctx, MSG, "status", "")
 
 
 async def test_stop_with_nothing_running(ctx: BotContext) -> None:
