@@ -201,9 +201,9 @@ class WsHub:
             if not conn.record.stalled:
                 pong = pong_frame(frame.service or conn.record.service_id, self.client_config)
                 try:
-                await conn.send(encode_frame(pong))
-            except ConnectionResetError:  # aiohttp's ClientConnectionResetError included
-                log.debug("simulator: pong to a closing connection dropped")
+                    await conn.send(encode_frame(pong))
+                except ConnectionResetError:  # aiohttp's ClientConnectionResetError included
+                    log.debug("simulator: pong to a closing connection dropped")
                 conn.record.pongs += 1
             await self.records.changed()
         elif frame.method == METHOD_DATA:
