@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 
 from feishu_bot.claude.protocol import ResultInfo, StreamParser, Verdict, classify, parse_result
 from tests.claude.support import SAMPLES
+from tests.fakes.json_fuzz import json_paths
+from tests.fakes.json_fuzz import json_values as fuzz_json_values
 
 SHARED_SAMPLES = Path("/work/shared/samples/claude-cli")
 _INT64 = 2**63
@@ -40,22 +42,7 @@ texts = st.one_of(
     st.sampled_from(WORDS),
     st.sampled_from(["\ud800", "a\udfffb", "\U0001f600", "", "\x00"]),
 )
-scalars = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(),
-    st.integers(min_value=-(2**80), max_value=2**80),
-    st.floats(allow_nan=True, allow_infinity=True),
-    texts,
-)
-json_values = st.recursive(
-    scalars,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=4),
-        st.dictionaries(st.one_of(st.sampled_from(KEYS), st.text(max_size=5)), inner, max_size=5),
-    ),
-    max_leaves=20,
-)
+json_values = fuzz_json_values(texts, KEYS)
 
 
 def _skeleton(kind: str, values: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
@@ -139,22 +126,11 @@ def _sample_objects() -> list[dict[str, Any]]:
 SAMPLE_OBJECTS = _sample_objects()
 
 
-def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    paths = [prefix]
-    if isinstance(value, dict):
-        for key, child in value.items():
-            paths += _paths(child, (*prefix, key))
-    elif isinstance(value, list):
-        for i, child in enumerate(value):
-            paths += _paths(child, (*prefix, i))
-    return paths
-
-
 @st.composite
 def mutated_samples(draw: st.DrawFn) -> Any:
     """A real line with one value replaced by random JSON (or one key removed)."""
     obj = json.loads(json.dumps(draw(st.sampled_from(SAMPLE_OBJECTS))))
-    path = draw(st.sampled_from(_paths(obj)))
+    path = draw(st.sampled_from(json_paths(obj)))
     if not path:
         return draw(json_values)
     parent = obj

@@ -19,6 +19,7 @@ from feishu_bot.simulator import FeishuSimulator
 from feishu_bot.simulator.records import Delivery, UserMessage
 from tests.e2e.conftest import StartBot, final_text
 from tests.fakes.fake_anthropic import FakeAnthropic
+from tests.fakes.json_fuzz import json_paths
 
 SEED = 20261201
 CASES = 120
@@ -93,19 +94,8 @@ def real_envelope(sim: FeishuSimulator, n: int, rng: random.Random) -> dict[str,
     }
 
 
-def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    paths = [prefix]
-    if isinstance(value, dict):
-        for key, child in value.items():
-            paths += _paths(child, (*prefix, key))
-    elif isinstance(value, list):
-        for i, child in enumerate(value):
-            paths += _paths(child, (*prefix, i))
-    return paths
-
-
 def mutate(rng: random.Random, value: Any) -> Any:
-    path = rng.choice(_paths(value))
+    path = rng.choice(json_paths(value))
     if not path:
         return random_json(rng)
     parent = value

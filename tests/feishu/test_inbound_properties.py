@@ -20,6 +20,8 @@ from feishu_bot.feishu.inbound import (
     event_type,
     parse_message_event,
 )
+from tests.fakes.json_fuzz import json_paths, json_scalars
+from tests.fakes.json_fuzz import json_values as fuzz_json_values
 
 BOT = "ou_bot_0001"
 _INT64 = 2**63
@@ -35,22 +37,8 @@ texts = st.one_of(
     st.sampled_from(["\ud800", "a\udfffb", "", "\x00", "12345", " 7 ", "²", "9" * 5000]),
     st.sampled_from(["x" * 100_000, "@_user_1" * 1000]),
 )
-scalars = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(),
-    st.integers(min_value=-(2**80), max_value=2**80),
-    st.floats(allow_nan=True, allow_infinity=True),
-    texts,
-)
-json_values = st.recursive(
-    scalars,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=4),
-        st.dictionaries(st.one_of(st.sampled_from(KEYS), st.text(max_size=5)), inner, max_size=5),
-    ),
-    max_leaves=20,
-)
+scalars = json_scalars(texts)
+json_values = fuzz_json_values(texts, KEYS)
 
 POST = {
     "zh_cn": {
@@ -93,20 +81,9 @@ def real_envelope(msg_type: str) -> dict[str, Any]:
     return {"schema": "2.0", "header": header, "event": {"sender": sender, "message": message}}
 
 
-def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    paths = [prefix]
-    if isinstance(value, dict):
-        for key, child in value.items():
-            paths += _paths(child, (*prefix, key))
-    elif isinstance(value, list):
-        for i, child in enumerate(value):
-            paths += _paths(child, (*prefix, i))
-    return paths
-
-
 def _mutate(draw: st.DrawFn, value: Any) -> Any:
     """`value` with one value somewhere in it replaced by random JSON, or one key removed."""
-    path = draw(st.sampled_from(_paths(value)))
+    path = draw(st.sampled_from(json_paths(value)))
     if not path:
         return draw(json_values)
     parent = value
