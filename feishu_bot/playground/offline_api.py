@@ -27,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-__all__ = ["OFFLINE_LABEL", "DemoAnswer", "OfflineApi", "plan_answer"]
+__all__ = ["OFFLINE_LABEL", "DemoAnswer", "OfflineApi", "plan_answer", "text_blocks"]
 
 OFFLINE_LABEL = "offline demo — replies are not from Claude"
 SYSTEM_REMINDER = "<system-reminder>"
@@ -59,7 +59,8 @@ class DemoAnswer:
         return None
 
 
-def _text_blocks(content: Any) -> list[str]:
+def text_blocks(content: Any) -> list[str]:
+    """The text blocks of a Messages API `content` (a string is one block)."""
     if isinstance(content, str):
         return [content]
     out: list[str] = []
@@ -81,7 +82,7 @@ def _last_user_text(messages: list[dict[str, Any]]) -> str:
         text
         for msg in messages
         if msg.get("role") == "user"
-        for text in _text_blocks(msg.get("content"))
+        for text in text_blocks(msg.get("content"))
         if _typed(text)
     ]
     return texts[-1].strip() if texts else ""
@@ -111,7 +112,7 @@ def _tool_result(messages: list[dict[str, Any]]) -> tuple[str, bool] | None:
     for block in reversed(content):
         if isinstance(block, dict) and block.get("type") == "tool_result":
             inner = block.get("content")
-            text = inner if isinstance(inner, str) else "\n".join(_text_blocks(inner))
+            text = inner if isinstance(inner, str) else "\n".join(text_blocks(inner))
             return text, bool(block.get("is_error"))
     return None
 

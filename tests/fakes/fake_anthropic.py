@@ -43,6 +43,8 @@ from typing import Any
 
 from aiohttp import web
 
+from feishu_bot.playground.offline_api import text_blocks
+
 __all__ = [
     "ApiError",
     "Behaviour",
@@ -129,19 +131,8 @@ class RecordedRequest:
         out: list[str] = []
         for msg in self.messages:
             if msg.get("role") == "assistant":
-                out.extend(_text_blocks(msg.get("content")))
+                out.extend(text_blocks(msg.get("content")))
         return out
-
-
-def _text_blocks(content: Any) -> list[str]:
-    if isinstance(content, str):
-        return [content]
-    out: list[str] = []
-    if isinstance(content, list):
-        for block in content:
-            if isinstance(block, dict) and block.get("type") == "text":
-                out.append(str(block.get("text", "")))
-    return out
 
 
 def user_texts(messages: list[dict[str, Any]]) -> list[str]:
@@ -150,7 +141,7 @@ def user_texts(messages: list[dict[str, Any]]) -> list[str]:
     for msg in messages:
         if msg.get("role") != "user":
             continue
-        for text in _text_blocks(msg.get("content")):
+        for text in text_blocks(msg.get("content")):
             if not text.lstrip().startswith(SYSTEM_REMINDER):
                 out.append(text)
     return out
@@ -167,7 +158,7 @@ def _last_tool_result(messages: list[dict[str, Any]]) -> str | None:
             inner = block.get("content")
             if isinstance(inner, str):
                 return inner
-            return "\n".join(_text_blocks(inner))
+            return "\n".join(text_blocks(inner))
     return None
 
 
