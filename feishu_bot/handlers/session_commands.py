@@ -7,26 +7,18 @@ that resumes the chosen session.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from feishu_bot import wording
 
 if TYPE_CHECKING:
+    from database.models import TurnStats
     from feishu_bot.context import BotContext
     from feishu_bot.events import InboundMessage
 
 __all__ = ["cmd_resume", "cmd_sessions", "cmd_stats"]
 
 _LIST = 10
-
-
-def _field(row: Any, name: str) -> Any:
-    if isinstance(row, dict):
-        return row.get(name)
-    try:
-        return row[name]
-    except (KeyError, IndexError, TypeError):
-        return getattr(row, name, None)
 
 
 def _ago(ts: float | None) -> str:
@@ -47,12 +39,11 @@ async def cmd_sessions(ctx: BotContext, msg: InboundMessage, args: str) -> str:
     current = conv.session_id if conv else None
     lines = ["Recent Claude sessions (newest first); /resume N switches back to one:"]
     for n, row in enumerate(rows, 1):
-        sid = str(_field(row, "session_id"))
-        mark = " ← current" if sid == current else ""
-        words = wording.bounded(str(_field(row, "first_prompt") or "").replace("\n", " "), 40)
+        mark = " ← current" if row.session_id == current else ""
+        words = wording.bounded(row.first_prompt.replace("\n", " "), 40)
         lines.append(
-            f"{n}. {sid[:8]} · {_ago(_field(row, 'last_used_at'))} · "
-            f"{_field(row, 'turns') or 0} turns · {words or '(no text)'}{mark}"
+            f"{n}. {row.session_id[:8]} · {_ago(row.last_used_at)} · "
+            f"{row.turns} turns · {words or '(no text)'}{mark}"
         )
     return "\n".join(lines)
 
@@ -64,22 +55,20 @@ async def cmd_resume(ctx: BotContext, msg: InboundMessage, args: str) -> str:
     rows = await ctx.store.list_sessions(msg.conversation_key, limit=_LIST)
     if not 1 <= n <= len(rows):
         return f"There is no session {wording.bounded(args, 12)}; /sessions lists {len(rows)}."
-    sid = str(_field(rows[n - 1], "session_id"))
+    sid = rows[n - 1].session_id
     await ctx.launcher.close_session(msg.conversation_key)
     await ctx.store.set_session(msg.conversation_key, sid)
     return f"Switched to session {sid[:8]}: your next message continues it."
 
 
-def _summary(label: str, stats: Any) -> str:
-    count = int(_field(stats, "count") or 0)
-    if not count:
+def _summary(label: str, stats: TurnStats) -> str:
+    if not stats.count:
         return f"{label}: no turns"
-    ok = int(_field(stats, "ok") or 0)
-    median = _field(stats, "median_duration_ms")
-    cost = float(_field(stats, "total_cost_usd") or 0.0)
-    latency = f"{float(median) / 1000:.1f}s" if median is not None else "?"
+    median = stats.median_duration_ms
+    latency = f"{median / 1000:.1f}s" if median is not None else "?"
     return (
-        f"{label}: {count} turns, {100 * ok / count:.0f}% ok, median {latency}, ${cost:.4f}"
+        f"{label}: {stats.count} turns, {100 * stats.ok / stats.count:.0f}% ok,"
+        f" median {latency}, ${stats.total_cost_usd:.4f}"
     )
 
 
