@@ -67,10 +67,6 @@ class Dispatcher:
         self._refusals = refusals
         self.counters = DispatchCounters()
 
-    def submit(self, envelope: dict[str, Any]) -> None:
-        """Fire-and-forget entry (tests, tools): `handle` in a tracked task."""
-        self._ctx.turns.spawn(self.handle(envelope), name="event")
-
     async def handle(self, envelope: dict[str, Any]) -> dict[str, Any] | None:
         """Handle one event; see the module docstring. Raises only when the message could not
         be journaled, so that the ack says 500 and Feishu delivers it again."""

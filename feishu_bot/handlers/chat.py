@@ -18,8 +18,6 @@ from feishu_bot.conversations import default_workdir
 from feishu_bot.events import (
     ClaudeEvent,
     InboundMessage,
-    PermissionDecision,
-    PermissionRequest,
     TurnRequest,
     TurnResult,
 )
@@ -29,7 +27,7 @@ if TYPE_CHECKING:
     from feishu_bot.claude.scheduler import Ticket
     from feishu_bot.context import BotContext
 
-__all__ = ["rule_permission", "run_chat_turn", "turn_note"]
+__all__ = ["run_chat_turn", "turn_note"]
 
 STALE_NOTICE = "The earlier Claude session had expired, so this answer starts a fresh context."
 
@@ -48,21 +46,6 @@ def turn_note(result: TurnResult) -> str:
     if result.stale_session_reset:
         note = f"{STALE_NOTICE}\n{note}"
     return note
-
-
-def rule_permission(allowed: tuple[str, ...]) -> Callable[[PermissionRequest], Any]:
-    """Answer permission requests by the configured rules alone (no one to ask)."""
-
-    async def ask(req: PermissionRequest) -> PermissionDecision:
-        if req.tool_name in allowed:
-            return PermissionDecision(True)
-        return PermissionDecision(
-            False,
-            f"{req.tool_name} is not allowed here: the bot's permission mode and "
-            "CLAUDE_ALLOWED_TOOLS do not permit it, and there is no one to ask.",
-        )
-
-    return ask
 
 
 async def run_chat_turn(
@@ -174,10 +157,10 @@ async def _turn_input(
 
 
 def _permission_for(ctx: BotContext, msg: InboundMessage, turn_id: int, stream: Any) -> Any:
-    broker = getattr(ctx, "approvals", None)
-    if broker is not None:
-        return broker.for_turn(msg.conversation_key, turn_id, msg.sender_open_id, stream)
-    return rule_permission(tuple(ctx.settings.allowed_tools))
+    # Without a broker the session denies every request with a reason (the rules alone).
+    if ctx.approvals is None:
+        return None
+    return ctx.approvals.for_turn(msg.conversation_key, turn_id, msg.sender_open_id, stream)
 
 
 def _mcp_for(ctx: BotContext, msg: InboundMessage, workdir: Path) -> Any:
