@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from feishu_bot.claude.protocol import ResultInfo, StreamParser, Verdict, classify, parse_result
 from tests.claude.support import SAMPLES
-from tests.fakes.json_fuzz import json_paths
 from tests.fakes.json_fuzz import json_values as fuzz_json_values
+from tests.fakes.json_fuzz import mutate_json
 
 SHARED_SAMPLES = Path("/work/shared/samples/claude-cli")
 _INT64 = 2**63
@@ -130,17 +130,7 @@ SAMPLE_OBJECTS = _sample_objects()
 def mutated_samples(draw: st.DrawFn) -> Any:
     """A real line with one value replaced by random JSON (or one key removed)."""
     obj = json.loads(json.dumps(draw(st.sampled_from(SAMPLE_OBJECTS))))
-    path = draw(st.sampled_from(json_paths(obj)))
-    if not path:
-        return draw(json_values)
-    parent = obj
-    for step in path[:-1]:
-        parent = parent[step]
-    if isinstance(parent, dict) and draw(st.booleans()):
-        del parent[path[-1]]
-    else:
-        parent[path[-1]] = draw(json_values)
-    return obj
+    return mutate_json(draw, obj, json_values)
 
 
 any_line = st.one_of(json_values, shaped_lines, mutated_samples())

@@ -7,7 +7,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-__all__ = ["json_paths", "json_scalars", "json_values"]
+__all__ = ["json_paths", "json_scalars", "json_values", "mutate_json"]
 
 
 def json_scalars(texts: st.SearchStrategy[str]) -> st.SearchStrategy[Any]:
@@ -47,3 +47,19 @@ def json_paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]
         for i, child in enumerate(value):
             paths += json_paths(child, (*prefix, i))
     return paths
+
+
+def mutate_json(draw: st.DrawFn, value: Any, values: st.SearchStrategy[Any]) -> Any:
+    """`value` (changed in place) with one value somewhere in it replaced by one drawn from
+    `values`, or one key removed; the empty path replaces the whole value."""
+    path = draw(st.sampled_from(json_paths(value)))
+    if not path:
+        return draw(values)
+    parent = value
+    for step in path[:-1]:
+        parent = parent[step]
+    if isinstance(parent, dict) and draw(st.booleans()):
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = draw(values)
+    return value

@@ -20,7 +20,7 @@ from feishu_bot.feishu.inbound import (
     event_type,
     parse_message_event,
 )
-from tests.fakes.json_fuzz import json_paths, json_scalars
+from tests.fakes.json_fuzz import json_scalars, mutate_json
 from tests.fakes.json_fuzz import json_values as fuzz_json_values
 
 BOT = "ou_bot_0001"
@@ -82,18 +82,7 @@ def real_envelope(msg_type: str) -> dict[str, Any]:
 
 
 def _mutate(draw: st.DrawFn, value: Any) -> Any:
-    """`value` with one value somewhere in it replaced by random JSON, or one key removed."""
-    path = draw(st.sampled_from(json_paths(value)))
-    if not path:
-        return draw(json_values)
-    parent = value
-    for step in path[:-1]:
-        parent = parent[step]
-    if isinstance(parent, dict) and draw(st.booleans()):
-        del parent[path[-1]]
-    else:
-        parent[path[-1]] = draw(json_values)
-    return value
+    return mutate_json(draw, value, json_values)
 
 
 @st.composite
