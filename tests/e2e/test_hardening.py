@@ -5,6 +5,7 @@ Each is named after its defect and goes through the real lark_oapi client and th
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from pathlib import Path
@@ -45,11 +46,28 @@ async def test_malformed_event_answered_before_mention_and_access_checks(
 
 
 async def test_acked_message_is_journaled_before_the_ack(
-    sim: FeishuSimulator, anthropic: FakeAnthropic, start_bot: StartBot
+    sim: FeishuSimulator,
+    anthropic: FakeAnthropic,
+    start_bot: StartBot,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """#9: when Feishu has the ack, the turn is already in the journal (SIGKILL-safe)."""
+    """#9: the ack waits for the journal row (a SIGKILL before it loses nothing acked)."""
     running = await start_bot(fake_cli=True)
-    mid = await sim.push_message(text="[[fake:slow]] write slowly")
+    store = running.bot.store
+    real = store.accept_message
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(*args, **kwargs):  # type: ignore[no-untyped-def]
+        entered.set()
+        await release.wait()
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "accept_message", slow)
+    mid = await sim.push_message(text="journal me first")
+    await asyncio.wait_for(entered.wait(), 10)
+    event_id = sim.user_messages[mid].event_id
+    assert not any(d.acked for d in sim.deliveries if d.event_id == event_id)
+    release.set()
     ack = await sim.wait_ack(mid)
     assert ack.code == 200
     rows = journal(Path(running.settings.DATABASE_PATH))
