@@ -28,9 +28,28 @@ from feishu_bot.events import (
     PermissionRequest,
 )
 
-__all__ = ["ControlChannel", "TurnAttempt", "TurnState"]
+__all__ = ["READ_ONLY_TOOLS", "ControlChannel", "TurnAttempt", "TurnState", "effect_label"]
 
 OnEvent = Callable[[ClaudeEvent], Awaitable[None]]
+
+# Tools that change nothing outside the conversation: a failed turn that ran only these may be
+# sent again without doing anything twice. Every other tool (MCP tools included) counts.
+READ_ONLY_TOOLS = frozenset(
+    {"Read", "Glob", "Grep", "LS", "WebFetch", "WebSearch", "TodoWrite", "NotebookRead",
+     "AskUserQuestion", "ExitPlanMode", "ListMcpResourcesTool", "ReadMcpResourceTool"}
+)
+_LABEL_CHARS = 80
+
+
+def effect_label(tool: str, tool_input: dict[str, Any]) -> str:
+    """What the user is told ran: the tool and its command or path, on one short line."""
+    detail = tool_input.get("command") or tool_input.get("file_path") or tool_input.get("path")
+    if not isinstance(detail, str) or not detail.strip():
+        return tool
+    detail = " ".join(detail.split())
+    if len(detail) > _LABEL_CHARS:
+        detail = detail[: _LABEL_CHARS - 1] + "…"
+    return f"{tool} ({detail})"
 
 
 @dataclass
@@ -44,7 +63,8 @@ class TurnAttempt:
     stopped: bool = False
     stderr_tail: str = ""
     wall_s: float = 0.0
-    side_effects: list[str] = field(default_factory=list)  # tools that ran and may change things
+    # Tools allowed to run that may change things (``effect_label``), in order, once each.
+    side_effects: list[str] = field(default_factory=list)
     assistant_uuid: str | None = None
     first_text_s: float | None = None
 
@@ -63,12 +83,19 @@ class TurnState:
         self.on_event = on_event
         self.ask = ask
         self.mcp = mcp
-        self.tool_names: dict[str, str] = {}
+        self._effect_ids: set[str] = set()
         self.started = time.monotonic()
         self.asking = 0
         self.paused_s = 0.0
         self.paused_at: float | None = None
         self.ask_changed = asyncio.Event()
+
+    def note_side_effect(self, tool_use_id: str, tool: str, tool_input: dict[str, Any]) -> None:
+        """Count a tool that is about to run (seen as ``tool_use`` or allowed by a person)."""
+        if tool in READ_ONLY_TOOLS or tool_use_id in self._effect_ids:
+            return
+        self._effect_ids.add(tool_use_id)
+        self.attempt.side_effects.append(effect_label(tool, tool_input))
 
     def active_s(self) -> float:
         now = time.monotonic()
@@ -181,9 +208,13 @@ class ControlChannel:
         )
         turn.pause(True)
         try:
-            return await turn.ask(req)
+            decision = await turn.ask(req)
         finally:
             turn.pause(False)
+        if decision.allow:
+            allowed = decision.updated_input if decision.updated_input is not None else tool_input
+            turn.note_side_effect(req.tool_use_id or req.request_id, tool, allowed)
+        return decision
 
     async def _mcp(self, turn: TurnState | None, request_id: str, request: dict[str, Any]) -> None:
         server = str(request.get("server_name") or "")

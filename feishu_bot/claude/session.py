@@ -30,7 +30,7 @@ from typing import Any
 
 from loguru import logger
 
-from feishu_bot.claude.control import ControlChannel, TurnAttempt, TurnState
+from feishu_bot.claude.control import READ_ONLY_TOOLS, ControlChannel, TurnAttempt, TurnState
 from feishu_bot.claude.process import kill_tree, reap_leftovers, spawn_cli
 from feishu_bot.claude.streams import TailBuffer, drain, read_lines
 from feishu_bot.events import (
@@ -43,13 +43,6 @@ __all__ = ["READ_ONLY_TOOLS", "CliSession", "TurnAttempt", "user_message"]
 
 OnEvent = Callable[[ClaudeEvent], Awaitable[None]]
 
-# Tools that change nothing outside the conversation: a failed turn that ran only these may be
-# sent again without doing anything twice.
-READ_ONLY_TOOLS = frozenset(
-    {"Read", "Glob", "Grep", "LS", "WebFetch", "WebSearch", "TodoWrite", "NotebookRead",
-     "AskUserQuestion", "ExitPlanMode", "ListMcpResourcesTool", "ReadMcpResourceTool"}
-)
-_REJECTED = "The user doesn't want to proceed"
 _INTERRUPT_RESEND_S = 0.5  # an interrupt's result comes in ~45 ms (FACTS)
 
 
@@ -349,30 +342,28 @@ class CliSession(ControlChannel):
             turn.done.set_result(None)
 
     def _observe(self, turn: TurnState, obj: dict[str, Any]) -> None:
-        """Track the assistant's message uuid and which tools really ran."""
+        """Track the assistant's message uuid and which tools may have changed something.
+
+        A tool counts as a side effect from the moment its ``tool_use`` is seen (subagents'
+        too, which carry a ``parent_tool_use_id``), not when its result arrives: a process
+        killed while a command runs never reports the result, yet the command ran."""
         message = obj.get("message")
         content = message.get("content") if isinstance(message, dict) else None
         if obj.get("type") == "system" and obj.get("subtype") == "init":
             sid = obj.get("session_id")
             if isinstance(sid, str) and sid:
                 self.session_id = sid
-        if not isinstance(content, list):
+        if obj.get("type") != "assistant" or not isinstance(content, list):
             return
-        if obj.get("type") == "assistant" and obj.get("parent_tool_use_id") is None:
-            if isinstance(obj.get("uuid"), str):
-                turn.attempt.assistant_uuid = obj["uuid"]
-            for block in content:
-                if isinstance(block, dict) and block.get("type") == "tool_use":
-                    turn.tool_names[str(block.get("id"))] = str(block.get("name", "?"))
-        elif obj.get("type") == "user":
-            for block in content:
-                if not isinstance(block, dict) or block.get("type") != "tool_result":
-                    continue
-                name = turn.tool_names.get(str(block.get("tool_use_id")), "")
-                text = json.dumps(block.get("content"), ensure_ascii=False)[:200]
-                if name and name not in READ_ONLY_TOOLS and _REJECTED not in text:
-                    turn.attempt.side_effects.append(name)
-
+        if obj.get("parent_tool_use_id") is None and isinstance(obj.get("uuid"), str):
+            turn.attempt.assistant_uuid = obj["uuid"]
+        for block in content:
+            if isinstance(block, dict) and block.get("type") == "tool_use":
+                name = str(block.get("name", "?"))
+                tool_input = block.get("input")
+                turn.note_side_effect(
+                    str(block.get("id")), name, tool_input if isinstance(tool_input, dict) else {}
+                )
 
 
 async def _run_to_completion(aw: Awaitable[Any]) -> Any:

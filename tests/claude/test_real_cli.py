@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from feishu_bot.claude.launcher import Launcher, LauncherConfig
-from feishu_bot.errors import TurnTimeout
+from feishu_bot.errors import TransientCliError, TurnTimeout
 from tests.claude.support import EventRecorder, MemoryBinding, alive_pids, poll_until, request
 from tests.fakes.claude_env import REAL_CLAUDE_BIN, claude_env_overrides
 from tests.fakes.fake_anthropic import ApiError, FakeAnthropic, Hang, Reply, ToolUse
@@ -341,3 +341,27 @@ async def test_superseded_transcripts_are_removed_and_history_survives(
     # one transcript per conversation, not one per turn
     assert _transcripts(home) == {third.session_id}
     assert api.message_requests[-1].user_texts == ["one", "two", "three"]
+
+
+async def test_retry_after_a_kill_mid_command_does_not_run_the_command_again(
+    real_launcher, api: FakeAnthropic, workdir: Path, home: Path
+) -> None:
+    """Regression (safe controls #2): a CLI killed while its Bash command ran was retried and
+    the command ran again. The command counts from its tool_use, not from its result."""
+    marker = f"side-effect-{uuid.uuid4().hex[:8]}"
+    command = f"echo ran >> count.txt; sleep 300 # {marker}"
+    api.enqueue(ToolUse("Bash", {"command": command, "description": "count"}))
+    launcher = real_launcher(allowed_tools=("Bash",), max_retries=2)
+    task = asyncio.create_task(launcher.run(request(workdir, "count once")))
+    count = workdir / "count.txt"
+    await poll_until(lambda: count.exists() and count.read_text() == "ran\n", timeout=30)
+    (pid,) = cli_pids(home)
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(TransientCliError) as info:
+        await task
+    assert info.value.attempts == 1
+    assert any("Bash" in effect and "count.txt" in effect for effect in info.value.side_effects)
+    assert count.read_text() == "ran\n"  # ran once, never again
+    assert launcher.stats().retried == 0
+    for leftover in processes_under(marker):  # orphaned by the SIGKILL (containment's part)
+        leftover.kill()

@@ -172,7 +172,8 @@ async def test_failed_turn_retried_after_tools_ran(
     launcher = make_launcher(mode="edit_then_529", max_retries=2, sleep=sleep)
     with pytest.raises(TransientCliError) as info:
         await launcher.run(request(workdir, "edit it"))
-    assert info.value.side_effects == ("Edit",)
+    (effect,) = info.value.side_effects  # the tool and what it touched, for the user
+    assert effect.startswith("Edit (") and effect.endswith("edited.txt)")
     assert info.value.attempts == 1
     assert delays == []
     assert (workdir / "edited.txt").read_text().count("\n") == 1
