@@ -150,7 +150,8 @@ class AttachmentError(BotError):
     Unlike the rest of this tree it carries its user-facing sentence as `str(exc)`: only the
     attachments code knows the file name, the limit and the reason, and the sentence is what
     the user must read (describe_error returns it as is). `reason` is one of "too_large",
-    "not_found", "download_failed", "timeout", "not_image", "sticker", "unsupported".
+    "not_found", "download_failed", "timeout", "not_image", "sticker", "unsupported",
+    "save_failed".
     """
 
     def __init__(self, sentence: str, *, reason: str, kind: str = "", name: str = "") -> None:

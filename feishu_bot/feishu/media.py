@@ -35,14 +35,16 @@ from loguru import logger
 
 from feishu_bot.errors import AttachmentError, FeishuApiError
 from feishu_bot.feishu.media_checks import (
+    OpenedFile,
     OutboundFileError,
     check_image,
     file_type_for,
+    open_inside,
     resolve_inside,
     sanitize_name,
     sniff_image,
 )
-from feishu_bot.feishu.render import text_content
+from feishu_bot.feishu.render import literal_mentions, text_content
 from feishu_bot.feishu.replier import RATE_LIMIT_CODES, TOKEN_INVALID_CODES
 
 if TYPE_CHECKING:
@@ -135,10 +137,16 @@ class MediaClient:
     async def download_to_file(
         self, message_id: str, key: str, *, kind: str, label: str, dest: Path
     ) -> int:
-        """Stream the resource into `dest` (parents created); returns its size in bytes."""
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        """Stream the resource into `dest` (parents created); returns its size in bytes.
+
+        A file that cannot be saved (disk full, a name the file system refuses) raises an
+        AttachmentError that names the file and the cause."""
         part = dest.with_name(dest.name + ".part")
-        fh = part.open("wb")
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fh = part.open("wb")
+        except OSError as exc:
+            raise _save_error(label, exc) from exc
         try:
 
             def reset() -> None:
@@ -149,6 +157,8 @@ class MediaClient:
             fh.close()
             os.replace(part, dest)
             return size
+        except OSError as exc:
+            raise _save_error(label, exc) from exc
         finally:
             fh.close()
             part.unlink(missing_ok=True)
@@ -255,34 +265,44 @@ class MediaClient:
 
     # -- uploads -----------------------------------------------------------------------------
 
-    async def upload_image(self, path: Path) -> str:
+    async def upload_image(self, source: Path | OpenedFile) -> str:
         """POST /open-apis/im/v1/images (image_type=message); returns the image_key."""
-        with path.open("rb") as fh:
-            head = fh.read(16)
-        media_type = sniff_image(head) or "application/octet-stream"
+        opened, owned = await _opened(source)
+        try:
+            media_type = sniff_image(opened.head) or "application/octet-stream"
+            name = opened.path.name
 
-        def form() -> aiohttp.FormData:
-            data = aiohttp.FormData()
-            data.add_field("image_type", "message")
-            data.add_field("image", path.open("rb"), filename=path.name, content_type=media_type)
-            return data
+            def form() -> aiohttp.FormData:
+                data = aiohttp.FormData()
+                data.add_field("image_type", "message")
+                data.add_field("image", opened.reader(), filename=name, content_type=media_type)
+                return data
 
-        body = await self._replier.upload("/open-apis/im/v1/images", form, op="upload_image")
+            body = await self._replier.upload("/open-apis/im/v1/images", form, op="upload_image")
+        finally:
+            if owned:
+                opened.close()
         return _data_key(body, "image_key")
 
-    async def upload_file(self, path: Path, *, name: str) -> str:
+    async def upload_file(self, source: Path | OpenedFile, *, name: str) -> str:
         """POST /open-apis/im/v1/files (file_type, file_name); returns the file_key."""
+        opened, owned = await _opened(source)
+        try:
 
-        def form() -> aiohttp.FormData:
-            data = aiohttp.FormData()
-            data.add_field("file_type", file_type_for(name))
-            data.add_field("file_name", name)
-            data.add_field(
-                "file", path.open("rb"), filename=name, content_type="application/octet-stream"
-            )
-            return data
+            def form() -> aiohttp.FormData:
+                data = aiohttp.FormData()
+                data.add_field("file_type", file_type_for(name))
+                data.add_field("file_name", name)
+                data.add_field(
+                    "file", opened.reader(), filename=name,
+                    content_type="application/octet-stream",
+                )
+                return data
 
-        body = await self._replier.upload("/open-apis/im/v1/files", form, op="upload_file")
+            body = await self._replier.upload("/open-apis/im/v1/files", form, op="upload_file")
+        finally:
+            if owned:
+                opened.close()
         return _data_key(body, "file_key")
 
     async def send_file(
@@ -300,30 +320,48 @@ class MediaClient:
         Images Feishu can show (png/jpeg/gif/webp, ≤ 10 MB) go as an `image` message,
         everything else (≤ 30 MB) as a `file` message; then the caption as text. With an
         `idempotency_seed` (the tool_use id) a repeated call does not post twice.
-        Raises OutboundFileError for anything the caller (Claude) can fix.
+        The file is opened once, off the event loop, and checked and uploaded through that
+        descriptor. Raises OutboundFileError for anything the caller (Claude) can fix.
         """
-        path = resolve_inside(workdir, rel_path)
-        size = path.stat().st_size
+        opened = await asyncio.to_thread(open_inside, workdir, rel_path)
+        try:
+            return await self._send_opened(
+                opened, rel_path, reply_to=reply_to, in_thread=in_thread, caption=caption,
+                idempotency_seed=idempotency_seed,
+            )
+        finally:
+            opened.close()
+
+    async def _send_opened(
+        self,
+        opened: OpenedFile,
+        rel_path: str,
+        *,
+        reply_to: str,
+        in_thread: bool,
+        caption: str | None,
+        idempotency_seed: str,
+    ) -> SentFile:
+        size = opened.size
         if size == 0:
             raise OutboundFileError(
                 f"{rel_path}: the file is empty; Feishu does not take empty files."
             )
-        with path.open("rb") as fh:
-            head = fh.read(16)
-        is_image = sniff_image(head) is not None and size <= IMAGE_UPLOAD_LIMIT
+        is_image = sniff_image(opened.head) is not None and size <= IMAGE_UPLOAD_LIMIT
         if not is_image and size > FILE_UPLOAD_LIMIT:
             raise OutboundFileError(
                 f"{rel_path}: {size / 1048576:.1f} MB is over Feishu's 30 MB limit for files."
             )
-        seed = idempotency_seed or f"{path}:{size}:{path.stat().st_mtime_ns}"
+        seed = idempotency_seed or f"{opened.path}:{size}:{os.fstat(opened.fd).st_mtime_ns}"
         ids: list[str] = []
         try:
             if is_image:
-                key = await self.upload_image(path)
+                key = await self.upload_image(opened)
                 content: dict[str, Any] = {"image_key": key}
                 msg_type = "image"
             else:
-                key = await self.upload_file(path, name=sanitize_name(path.name, fallback="file"))
+                name = sanitize_name(opened.path.name, fallback="file")
+                key = await self.upload_file(opened, name=name)
                 content = {"file_key": key}
                 msg_type = "file"
             ids.append(
@@ -336,7 +374,7 @@ class MediaClient:
                     await self._replier.reply(
                         reply_to,
                         "text",
-                        text_content(caption.strip()),
+                        text_content(literal_mentions(caption.strip())),
                         in_thread=in_thread,
                         uuid=_uuid(seed, "caption"),
                     )
@@ -345,7 +383,7 @@ class MediaClient:
             raise OutboundFileError(
                 f"{rel_path}: Feishu refused the upload or the message ({exc})."
             ) from exc
-        logger.info("sent {} {} ({} bytes) as {}", msg_type, path.name, size, key)
+        logger.info("sent {} {} ({} bytes) as {}", msg_type, opened.path.name, size, key)
         return SentFile(msg_type, key, tuple(ids), size)
 
 
@@ -370,3 +408,18 @@ def _data_key(body: dict[str, Any], key: str) -> str:
     if not isinstance(value, str) or not value:
         raise FeishuApiError(f"upload: response has no data.{key}", status=200)
     return value
+
+
+async def _opened(source: Path | OpenedFile) -> tuple[OpenedFile, bool]:
+    """An open file for an upload, and whether the caller must close it (it opened it)."""
+    if isinstance(source, OpenedFile):
+        return source, False
+    return await asyncio.to_thread(open_inside, source.parent, source.name), True
+
+
+def _save_error(label: str, exc: OSError) -> AttachmentError:
+    cause = exc.strerror or type(exc).__name__
+    return AttachmentError(
+        f"I could not save {label} on the server ({cause}), so nothing was run.",
+        reason="save_failed",
+    )

@@ -1,27 +1,38 @@
 """Pure checks for resources in and out of Feishu: image sniffing and validation, file names,
-paths inside a working directory, upload file types. No I/O except `resolve_inside`'s stat.
+paths inside a working directory, upload file types. No I/O except `resolve_inside`'s stat
+and `open_inside`, which opens the file it checks (run it off the event loop).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import struct
 import unicodedata
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from feishu_bot.errors import AttachmentError
 
 __all__ = [
+    "MAX_NAME_BYTES",
     "MAX_NAME_CHARS",
+    "OpenedFile",
     "OutboundFileError",
     "check_image",
     "file_type_for",
+    "open_inside",
     "resolve_inside",
     "sanitize_name",
     "sniff_image",
 ]
 
 MAX_NAME_CHARS = 120
+# Linux file systems allow 255 bytes per name; a Chinese character takes 3 of them, so 120
+# characters can be 360 bytes. 200 leaves room for a suffix added later.
+MAX_NAME_BYTES = 200
 
 
 def sniff_image(data: bytes) -> str | None:
@@ -126,20 +137,30 @@ _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]")
 
 def sanitize_name(name: str, *, fallback: str) -> str:
     """A file name that is safe as one path component: no separators, no control characters,
-    no leading dots (so never "." or ".."), at most MAX_NAME_CHARS characters (the extension
-    is kept). `fallback` is used when nothing usable is left."""
+    no leading dots (so never "." or ".."), at most MAX_NAME_CHARS characters and
+    MAX_NAME_BYTES bytes of UTF-8 (the extension is kept, characters are never cut in half).
+    `fallback` is used when nothing usable is left."""
     name = unicodedata.normalize("NFC", name or "")
     name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C")
     name = _UNSAFE.sub("_", name).strip().lstrip(".").strip()
     if not name:
         name = fallback
-    if len(name) > MAX_NAME_CHARS:
+    if len(name) > MAX_NAME_CHARS or len(name.encode()) > MAX_NAME_BYTES:
         stem, dot, ext = name.rpartition(".")
         if dot and 0 < len(ext) <= 16 and stem:
-            name = stem[: MAX_NAME_CHARS - len(ext) - 1] + "." + ext
+            tail = "." + ext
+            name = _cut(stem, MAX_NAME_CHARS - len(tail), MAX_NAME_BYTES - len(tail.encode()))
+            name += tail
         else:
-            name = name[:MAX_NAME_CHARS]
+            name = _cut(name, MAX_NAME_CHARS, MAX_NAME_BYTES)
     return name
+
+
+def _cut(text: str, chars: int, max_bytes: int) -> str:
+    text = text[:chars]
+    while len(text.encode()) > max_bytes:
+        text = text[:-1]
+    return text
 
 
 class OutboundFileError(ValueError):
@@ -173,6 +194,51 @@ def resolve_inside(workdir: Path, rel: str) -> Path:
     if not target.is_file():
         raise OutboundFileError(f"{rel}: not a regular file.")
     return target
+
+
+@dataclass
+class OpenedFile:
+    """A file opened once for sending: checks and the upload use this descriptor, never the
+    name again (a file swapped for a FIFO or a symlink after the check cannot be read)."""
+
+    fd: int
+    path: Path
+    size: int
+    head: bytes
+
+    def reader(self) -> BinaryIO:
+        """A new file object at offset 0 over the same open file (closed by its user)."""
+        handle = os.fdopen(os.dup(self.fd), "rb")
+        handle.seek(0)
+        return handle
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def open_inside(workdir: Path, rel: str) -> OpenedFile:
+    """Open `rel` under `workdir` once (no symlink at the end, never blocking on a FIFO) and
+    check the open file: a regular file whose real path is inside `workdir`. Blocking I/O."""
+    target = resolve_inside(workdir, rel)
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(target, flags)
+    except OSError as exc:
+        raise OutboundFileError(f"{rel}: cannot be opened ({exc.strerror or exc}).") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OutboundFileError(f"{rel}: not a regular file.")
+        real = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        if not real.is_relative_to(workdir.resolve()):
+            raise OutboundFileError(
+                f"{rel}: refused, only files inside the conversation's working directory "
+                "can be sent."
+            )
+        return OpenedFile(fd, real, info.st_size, os.pread(fd, 16, 0))
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 _FILE_TYPES = {

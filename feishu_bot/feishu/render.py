@@ -5,8 +5,10 @@ limit (30 KB for cards) applies to the *request body*: the card is serialised wi
 `dumps` (UTF-8, not ASCII-escaped) and that string is escaped once more as the `content`
 field of the JSON body. `card_size` is the card's share of the body by exactly that measure
 (a CJK character costs 3 bytes, a quote 4, a newline 3), and every card built here stays at
-or under `CARD_MAX_BYTES` by it, leaving room for the rest of the body. Text is never escaped
-or rewritten: Feishu card markdown gets the raw markdown Claude produced.
+or under `CARD_MAX_BYTES` by it, leaving room for the rest of the body. Text is not escaped
+or rewritten, with one exception: Feishu's mention tags (`<at id=all></at>`, `<at user_id=…>`)
+in Claude's text are shown literally (`literal_mentions`), so a prompt-injected answer cannot
+ping a whole group. The bot's own mentions (approval records) are added after that, in blocks.
 
 Splitting keeps order and content: joining the parts gives the text back, except that a part
 that ends inside a ``` code fence gets a closing fence line appended and the next part starts
@@ -36,6 +38,7 @@ __all__ = [
     "dumps",
     "final_cards",
     "final_cards2",
+    "literal_mentions",
     "live_text",
     "split_spans",
     "split_text",
@@ -58,6 +61,21 @@ _EMPTY = "…"  # Feishu rejects an empty markdown element
 _TRUNCATED = "*…(earlier output not shown yet)*\n\n"
 
 Measure = Callable[[str], int]
+
+# A zero-width space after "<" keeps the tag visible as text but no longer a tag, in card
+# markdown, in code blocks and in text messages alike (an HTML entity would show up verbatim
+# inside code blocks and in text messages).
+_MENTION_TAG = re.compile(r"<(?=\s*/?\s*at\b)", re.IGNORECASE)
+
+
+def literal_mentions(text: str) -> str:
+    """Claude's text with Feishu mention tags made inert (idempotent)."""
+    return _MENTION_TAG.sub("<\u200b", text) if "<" in text else text
+
+
+def text_content(text: str) -> dict[str, str]:
+    """Content for msg_type "text" (the caller keeps it under TEXT_MAX_BYTES)."""
+    return {"text": text}
 
 
 def dumps(content: dict[str, Any]) -> str:
@@ -89,11 +107,6 @@ def _json_len(s: str) -> int:
     return _body_len(json.dumps(s, ensure_ascii=False)[1:-1])
 
 
-def text_content(text: str) -> dict[str, str]:
-    """Content for msg_type "text" (the caller keeps it under TEXT_MAX_BYTES)."""
-    return {"text": text}
-
-
 def card_for(
     text: str,
     *,
@@ -107,6 +120,7 @@ def card_for(
     If the text does not fit, the card shows its *tail* after a short marker line (the live
     view of a long answer); `final_cards` is the lossless path.
     """
+    text = literal_mentions(text)
     card = _card(text, state=state, note=note, title=title)
     if card_size(card) <= max_bytes:
         return card
@@ -130,6 +144,7 @@ def final_cards(
 
     With several parts the titles read "Title (1/3)", … and the note goes on the last card.
     """
+    text = literal_mentions(text)
     base_title = title or STATES[state][1]
     # Budget against the largest possible frame: title with "(999/999)" and the note.
     frame = _card("", state=state, note=note, title=f"{base_title} (999/999)")
@@ -419,6 +434,7 @@ def card2(
     max_bytes: int = CARD_MAX_BYTES,
 ) -> dict[str, Any]:
     """One Card JSON 2.0 card; a text that does not fit shows its tail (see `live_text`)."""
+    text = literal_mentions(text)
     shown = live_text(
         text,
         state=state,
@@ -451,6 +467,7 @@ def live_text(
     max_bytes: int = CARD_MAX_BYTES,
 ) -> str:
     """What the answer element shows: the text, or its tail after a marker when too long."""
+    text = literal_mentions(text)
     frame = _card2(
         "",
         state=state,
@@ -486,6 +503,7 @@ def final_cards2(
     Blocks that would leave too little room for text are dropped oldest first (a line says
     how many).
     """
+    text = literal_mentions(text)
     base_title = title or STATES[state][1]
     blocks = _fit_blocks(list(blocks), state, note, base_title, buttons, max_bytes)
     frame = _card2(

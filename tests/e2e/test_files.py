@@ -97,6 +97,24 @@ async def test_file_lands_in_the_inbox_and_the_prompt_names_it(
     assert "why does it fail?" in texts
 
 
+async def test_a_long_chinese_file_name_is_saved_cut_by_bytes(
+    sim: FeishuSimulator, anthropic: FakeAnthropic, start_bot: StartBot, tmp_path: Path
+) -> None:
+    """Regression (safe controls #11): 94 Chinese characters are 274 bytes, over the 255 a
+    file name may have; the save failed with "Something went wrong inside the bot (OSError)"."""
+    workdir = await start(start_bot, tmp_path)
+    name = "季度销售数据分析报告" * 9 + "最终版本.xlsx"
+    assert len(name.encode()) > 255
+    file_id = await sim.media.push_file(b"PK-not-really", name)
+    await kept(sim, file_id)
+    question = await sim.push_message(text="summarise it")
+    await final_text(sim, question, contains="echo:")
+    (saved,) = (workdir / ".feishu" / "inbox" / file_id).iterdir()
+    assert saved.read_bytes() == b"PK-not-really"
+    assert len(saved.name.encode()) <= 200 and saved.name.endswith("最终版本.xlsx") is False
+    assert saved.name.endswith(".xlsx") and saved.name.startswith("季度销售数据分析报告")
+
+
 async def test_25_mb_file_is_refused_and_nothing_runs(
     sim: FeishuSimulator, anthropic: FakeAnthropic, start_bot: StartBot, tmp_path: Path
 ) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from feishu_bot.errors import AttachmentError
 from feishu_bot.feishu.media_checks import (
+    MAX_NAME_BYTES,
     MAX_NAME_CHARS,
     OutboundFileError,
     check_image,
@@ -152,3 +153,16 @@ def test_resolve_inside_refuses_missing_directories_and_bad_input(tmp_path: Path
 )
 def test_file_type_for(name: str, file_type: str) -> None:
     assert file_type_for(name) == file_type
+
+
+def test_sanitize_name_cuts_by_utf8_bytes_keeping_the_extension_and_whole_characters() -> None:
+    """Regression (safe controls #11): 94 Chinese characters (274 bytes) passed the
+    character cap and the file system refused the name (255 bytes at most)."""
+    raw = "季度销售数据分析报告" * 9 + "最终版.xlsx"
+    name = sanitize_name(raw, fallback="f")
+    assert len(name.encode()) <= MAX_NAME_BYTES
+    assert name.endswith(".xlsx") and name.startswith("季度销售")
+    assert name.encode().decode() == name  # no character cut in half
+    assert raw.startswith(name.removesuffix(".xlsx"))
+    long_no_ext = sanitize_name("数" * 100, fallback="f")
+    assert len(long_no_ext.encode()) <= MAX_NAME_BYTES and set(long_no_ext) == {"数"}

@@ -258,3 +258,100 @@ async def test_large_image_goes_as_a_file(
     sent = await media.send_file(tmp_path, "big.png", reply_to=mid, in_thread=False)
     assert sent.kind == "file" and sent.size == 11 * MB
     assert os.path.getsize(tmp_path / "big.png") == len(sim.media.uploads[0].data)
+
+
+async def test_send_file_swapped_for_a_fifo_after_the_check_is_refused_without_blocking(
+    sim: FeishuSimulator,
+    replier: FeishuReplier,
+    sleeps: Sleeps,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Regression (safe controls #13): send_file checked a path, then reopened it by name; a
+    FIFO swapped in between blocked the event loop on open(). Now the open file is checked."""
+    import feishu_bot.feishu.media_checks as checks
+
+    mid = await sim.push_message(text="x")
+    (tmp_path / "a.txt").write_text("harmless")
+    real_resolve = checks.resolve_inside
+
+    def resolve_then_swap(workdir: Path, rel: str) -> Path:
+        target = real_resolve(workdir, rel)
+        target.unlink()
+        os.mkfifo(target)  # nobody ever writes: a blocking open would hang forever
+        return target
+
+    monkeypatch.setattr(checks, "resolve_inside", resolve_then_swap)
+    media = client(replier, sleeps)
+    with pytest.raises(OutboundFileError, match="not a regular file"):
+        await asyncio.wait_for(
+            media.send_file(tmp_path, "a.txt", reply_to=mid, in_thread=False), 10
+        )
+    assert sim.media.uploads == []
+
+
+async def test_send_file_uploads_the_file_it_checked_not_what_the_name_points_to_later(
+    sim: FeishuSimulator,
+    replier: FeishuReplier,
+    sleeps: Sleeps,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once checked, the name is never used again: a symlink to a secret swapped in after the
+    open does not change what is uploaded."""
+    import feishu_bot.feishu.media as media_module
+
+    mid = await sim.push_message(text="x")
+    work = tmp_path / "work"
+    work.mkdir()
+    (tmp_path / "secret.txt").write_text("the secret")
+    (work / "report.txt").write_text("the report")
+    real_open = media_module.open_inside
+
+    def open_then_swap(workdir: Path, rel: str):  # type: ignore[no-untyped-def]
+        opened = real_open(workdir, rel)
+        (workdir / rel).unlink()
+        (workdir / rel).symlink_to(tmp_path / "secret.txt")
+        return opened
+
+    monkeypatch.setattr(media_module, "open_inside", open_then_swap)
+    media = client(replier, sleeps)
+    await media.send_file(work, "report.txt", reply_to=mid, in_thread=False)
+    [(_msg, upload)] = sim.media.sent_media("file")
+    assert upload.data == b"the report"
+
+
+async def test_caption_mention_tags_are_shown_literally(
+    sim: FeishuSimulator, replier: FeishuReplier, sleeps: Sleeps, tmp_path: Path
+) -> None:
+    """Regression (safe controls #10): a prompt-injected caption could ping the whole group."""
+    mid = await sim.push_message(text="x", chat_type="group")
+    (tmp_path / "a.txt").write_text("a")
+    media = client(replier, sleeps)
+    sent = await media.send_file(
+        tmp_path,
+        "a.txt",
+        reply_to=mid,
+        in_thread=False,
+        caption='hi <at id=all></at> <at user_id="all">x</at>',
+    )
+    caption = sim.message(sent.message_ids[1]).text
+    assert "<at" not in caption.replace("<\u200bat", "").replace("<\u200b/at", "")
+    assert caption.replace("\u200b", "") == 'hi <at id=all></at> <at user_id="all">x</at>'
+
+
+async def test_a_file_that_cannot_be_saved_is_reported_with_its_cause(
+    sim: FeishuSimulator, replier: FeishuReplier, sleeps: Sleeps, tmp_path: Path
+) -> None:
+    """Regression (safe controls #11): a save error reached the user as "Something went wrong
+    inside the bot (OSError)". It names the file and the cause, and leaves nothing behind."""
+    sim.media.add_resource("om_1", "file_1", b"data", kind="file")
+    (tmp_path / "inbox").write_text("a file where a directory should be")
+    media = client(replier, sleeps)
+    dest = tmp_path / "inbox" / "om_1" / "data.bin"
+    expected = r"could not save the file data\.bin.*\(Not a directory\)"
+    with pytest.raises(AttachmentError, match=expected) as info:
+        await media.download_to_file(
+            "om_1", "file_1", kind="file", label="the file data.bin", dest=dest
+        )
+    assert info.value.reason == "save_failed"
