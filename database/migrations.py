@@ -153,7 +153,46 @@ async def _v2_warm_cards_files(conn: aiosqlite.Connection) -> None:
         await conn.execute(statement)
 
 
-STEPS: Final[tuple[Step, ...]] = (_v1_initial_schema, _v2_warm_cards_files)
+_V3_STATEMENTS: Final = (
+    # Scoped grants (safe controls): a Claude Code permission rule ("Bash(npm test:*)",
+    # "Edit") or a host, which the CLI matches itself. The v2 rows named a bare tool, which
+    # allowed every use of it: they are dropped, and each conversation that had some gets a
+    # notice that /permissions shows once.
+    """
+    CREATE TABLE permission_grants (
+        grant_id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        conversation_key TEXT NOT NULL,
+        kind             TEXT NOT NULL,
+        rule             TEXT NOT NULL,
+        granted_by       TEXT NOT NULL,
+        granted_at       REAL NOT NULL,
+        UNIQUE (conversation_key, kind, rule)
+    )
+    """,
+    """
+    CREATE TABLE grant_notices (
+        conversation_key TEXT PRIMARY KEY,
+        notice           TEXT NOT NULL
+    ) WITHOUT ROWID
+    """,
+    """
+    INSERT INTO grant_notices (conversation_key, notice)
+    SELECT conversation_key, group_concat(tool, ', ') FROM tool_grants GROUP BY conversation_key
+    """,
+    "DROP TABLE tool_grants",
+)
+
+
+async def _v3_scoped_grants(conn: aiosqlite.Connection) -> None:
+    for statement in _V3_STATEMENTS:
+        await conn.execute(statement)
+
+
+STEPS: Final[tuple[Step, ...]] = (
+    _v1_initial_schema,
+    _v2_warm_cards_files,
+    _v3_scoped_grants,
+)
 SCHEMA_VERSION: Final = len(STEPS)
 
 

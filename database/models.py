@@ -13,6 +13,7 @@ from typing import Final
 __all__ = [
     "PENDING_STATUSES",
     "Conversation",
+    "Grant",
     "PruneResult",
     "SessionInfo",
     "Turn",
@@ -128,3 +129,17 @@ class PruneResult:
     @property
     def total(self) -> int:
         return self.turns + self.processed + len(self.sessions)
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A standing permission of one conversation ("Always allow"). `kind` is "tool" (`rule`
+    is a Claude Code permission rule, e.g. ``Bash(npm test:*)`` or ``Edit``) or "host" (`rule`
+    is a host name the sandbox may connect to)."""
+
+    grant_id: int
+    conversation_key: str
+    kind: str
+    rule: str
+    granted_by: str
+    granted_at: float

@@ -11,7 +11,9 @@ What it holds:
 - the turn journal: one row per accepted message, with the prompt, so turns that were queued
   or running when the process died can be found (`pending_turns`) and run or closed;
 - through `database.history.HistoryMixin`: a turn's reaction/card ids, the sessions a
-  conversation used, turn statistics, and the retention policy (`prune`).
+  conversation used, turn statistics, and the retention policy (`prune`);
+- through `database.grants.GrantsMixin`: standing permissions ("Always allow") per
+  conversation.
 
 Invariants:
 - One logical operation at a time: an `asyncio.Lock` serialises operations on the
@@ -44,6 +46,7 @@ from typing import Any, Final, Self, TypeVar
 import aiosqlite
 
 from database.connection import BUSY_TIMEOUT_MS, busy_retrying, connect
+from database.grants import GrantsMixin
 from database.history import HistoryMixin
 from database.migrations import migrate
 from database.models import PENDING_STATUSES, Conversation, Turn, TurnStatus
@@ -122,7 +125,7 @@ async def _rowcount(conn: aiosqlite.Connection, sql: str, params: Iterable[Any])
         await cursor.close()
 
 
-class SessionStore(HistoryMixin):
+class SessionStore(HistoryMixin, GrantsMixin):
     """Conversations, processed message ids and the turn journal in one SQLite file.
 
     Build it with `await SessionStore.open(path)`; use it as an async context manager or call
@@ -555,41 +558,6 @@ class SessionStore(HistoryMixin):
                 "UPDATE turns SET error = 'kept-dropped', updated_at = ?"
                 " WHERE conversation_key = ? AND error = 'kept'",
                 (now, conversation_key),
-            )
-
-        return await self._write(body)
-
-    # -- tool grants ("Always allow" from a card; issue 9) -------------------------------------
-
-    async def grant_tool(self, conversation_key: str, tool: str, granted_by: str) -> None:
-        """Allow `tool` for good in one conversation (a repeated grant updates who and when)."""
-        now = self._clock()
-
-        async def body(conn: aiosqlite.Connection) -> None:
-            await conn.execute(
-                "INSERT INTO tool_grants (conversation_key, tool, granted_by, granted_at)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT (conversation_key, tool) DO UPDATE SET"
-                " granted_by = excluded.granted_by, granted_at = excluded.granted_at",
-                (conversation_key, tool, granted_by, now),
-            )
-
-        await self._write(body)
-
-    async def list_grants(self, conversation_key: str) -> list[tuple[str, str, float]]:
-        """The conversation's grants as (tool, granted_by, granted_at), by tool name."""
-        rows = await self._fetchall(
-            "SELECT tool, granted_by, granted_at FROM tool_grants WHERE conversation_key = ?"
-            " ORDER BY tool",
-            (conversation_key,),
-        )
-        return [(str(row[0]), str(row[1]), float(row[2])) for row in rows]
-
-    async def clear_grants(self, conversation_key: str) -> int:
-        """Forget every grant of the conversation (/new); returns how many there were."""
-
-        async def body(conn: aiosqlite.Connection) -> int:
-            return await _rowcount(
-                conn, "DELETE FROM tool_grants WHERE conversation_key = ?", (conversation_key,)
             )
 
         return await self._write(body)

@@ -11,22 +11,26 @@ Rules, in order:
   ``updated_input = {**input, "answers": {question text: chosen label}}`` (several labels of a
   multi-select question joined by ", ").
 - CLAUDE_PERMISSION_MODE=bypassPermissions: everything else is allowed, nothing is asked.
-- A tool named in CLAUDE_ALLOWED_TOOLS (plain names; the CLI applies patterns itself) or
-  granted "Always allow" in this conversation (stored, survives restarts): allowed at once.
-- Otherwise the card shows the tool and a short summary of its input with Allow once, Always
-  allow and Deny. Who may answer: the user whose message started the turn and FEISHU_APPROVERS.
-  No answer within `timeout` seconds: denied, and the card says so. `stop_conversation` (Stop,
-  /stop) denies and interrupts. Cancelling the waiting coroutine records "stopped" and
-  re-raises. The card keeps a line per decision naming who made it.
+- A tool named in CLAUDE_ALLOWED_TOOLS (plain names; the CLI applies patterns itself): allowed.
+- Otherwise the card shows the request (`approval_text.summarize`: the whole command, or its
+  beginning and end) with Allow once, Always allow and Deny. "Always allow" grants a scoped
+  rule (`approval_text.grant_scope`: `Bash(npm test:*)`, a tool, a host), stores it for the
+  conversation and hands it to the running CLI as a session rule; the CLI matches later
+  requests itself, and new processes get the stored rules at start (the bot never matches a
+  command by string). Who may answer: the user whose message started the turn and
+  FEISHU_APPROVERS; in a group only FEISHU_APPROVERS may grant "always" (anyone else's click
+  on it allows once). No answer within `timeout` seconds: denied, and the card says so.
+  `stop_conversation` (Stop, /stop) denies and interrupts. Cancelling the waiting coroutine
+  records "stopped" and re-raises. The card keeps a line per decision naming who made it and
+  what ran (the command, not Claude's description of it).
 
 While a request waits, the ask coroutine simply awaits; the runner pauses the turn's timeout
-clock for as long as an AskPermission call is pending. `waiting_since` tells since when.
+clock for as long as an AskPermission call is pending.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -35,17 +39,23 @@ from typing import Any, Protocol
 
 from loguru import logger
 
+from feishu_bot.approval_text import (
+    NETWORK_TOOL,
+    GrantScope,
+    grant_scope,
+    record_head,
+    summarize,
+)
 from feishu_bot.events import AskPermission, PermissionDecision, PermissionRequest
 from feishu_bot.feishu.buttons import ButtonSigner, ButtonValue
-from feishu_bot.feishu.render import Block, Button
+from feishu_bot.feishu.render import Block, Button, literal_mentions
 
 __all__ = ["ASK_USER_QUESTION", "ApprovalBroker", "BlockSink", "GrantStore", "summarize"]
 
 ASK_USER_QUESTION = "AskUserQuestion"
 DENIED_MESSAGE = "The user denied this tool use from the chat."
 NOT_SHOWN_MESSAGE = "This tool needs a person's approval, which this chat cannot show."
-_MAX_SUMMARY = 600
-_EDIT_LINES = 8
+_BUTTON_CHARS = 60
 
 
 class BlockSink(Protocol):
@@ -57,9 +67,11 @@ class BlockSink(Protocol):
 
 
 class GrantStore(Protocol):
-    async def grant_tool(self, conversation_key: str, tool: str, granted_by: str) -> Any: ...
+    """Where "Always allow" grants are kept (the SessionStore satisfies it)."""
 
-    async def list_grants(self, conversation_key: str) -> Iterable[Any]: ...
+    async def add_grant(
+        self, conversation_key: str, kind: str, rule: str, granted_by: str
+    ) -> None: ...
 
 
 @dataclass(eq=False)
@@ -73,6 +85,7 @@ class _Pending:
     requester: str
     request: PermissionRequest
     created_at: float
+    scope: GrantScope | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     outcome: tuple[str, str] | None = None  # (action, operator) once settled
     questions: list[dict[str, Any]] = field(default_factory=list)
@@ -118,34 +131,21 @@ class ApprovalBroker:
         can_show = hasattr(stream, "show_block") and hasattr(stream, "resolve_block")
 
         async def ask(request: PermissionRequest) -> PermissionDecision:
-            if not can_show:  # a stream without blocks (a bare ReplyStream): rules only
-                allowed = self._bypass or request.tool_name in self._allowed
-                if request.tool_name != ASK_USER_QUESTION and (
-                    allowed or await self._granted(conversation_key, request.tool_name)
-                ):
-                    return _allow(request)
-                return PermissionDecision(allow=False, message=NOT_SHOWN_MESSAGE)
-            if request.tool_name == ASK_USER_QUESTION and _questions(request.input):
+            if request.tool_name == ASK_USER_QUESTION and _questions(request.input) and can_show:
                 return await self._ask_question(
                     conversation_key, turn_id, requester_open_id, stream, request
                 )
-            if self._bypass or request.tool_name in self._allowed:
+            if request.tool_name != ASK_USER_QUESTION and (
+                self._bypass or request.tool_name in self._allowed
+            ):
                 return _allow(request)
-            if await self._granted(conversation_key, request.tool_name):
-                logger.info("tool {} allowed by an earlier 'Always allow'", request.tool_name)
-                return _allow(request)
+            if not can_show:  # a stream without blocks cannot ask anyone
+                return PermissionDecision(allow=False, message=NOT_SHOWN_MESSAGE)
             return await self._ask_approval(
                 conversation_key, turn_id, requester_open_id, stream, request
             )
 
         return ask
-
-    def waiting_since(self, conversation_key: str) -> float | None:
-        """When the oldest request of this conversation started waiting (clock time), or None."""
-        times = [
-            p.created_at for p in self._pending.values() if p.conversation_key == conversation_key
-        ]
-        return min(times) if times else None
 
     def stop_conversation(self, conversation_key: str) -> int:
         """Settle every waiting request of this conversation as stopped (deny + interrupt)."""
@@ -174,15 +174,28 @@ class ApprovalBroker:
             return self._answer_question(pending, value, operator_open_id)
         if value.action not in ("allow", "allow_always", "deny"):
             return "error", "This button does not fit this request. Nothing was done."
+        tool = pending.request.tool_name
+        if value.action == "allow_always" and not self._may_grant(pending, operator_open_id):
+            pending.settle("allow", operator_open_id)
+            return (
+                "success",
+                f"Allowed {tool} once: in a group only an approver (FEISHU_APPROVERS) can "
+                "always allow.",
+            )
         pending.settle(value.action, operator_open_id)
+        scope = pending.scope
         return {
-            "allow": ("success", f"Allowed {pending.request.tool_name} once."),
+            "allow": ("success", f"Allowed {tool} once."),
             "allow_always": (
                 "success",
-                f"{pending.request.tool_name} is allowed in this conversation from now on.",
+                f"Allowed {scope.label if scope else tool} in this conversation from now on.",
             ),
-            "deny": ("info", f"Denied {pending.request.tool_name}."),
+            "deny": ("info", f"Denied {tool}."),
         }[value.action]
+
+    def _may_grant(self, pending: _Pending, operator: str) -> bool:
+        """Always allow: anyone who may answer in a private chat; approvers only in groups."""
+        return pending.conversation_key.startswith("p2p:") or operator in self._approvers
 
     def _answer_question(
         self, pending: _Pending, value: ButtonValue, operator: str
@@ -228,24 +241,38 @@ class ApprovalBroker:
         self, key: str, turn_id: int, requester: str, stream: BlockSink, request: PermissionRequest
     ) -> PermissionDecision:
         pending = self._new(key, turn_id, requester, request, "approval")
-        rid = pending.request_id
-        summary = summarize(request.tool_name, request.input)
+        rid, tool = pending.request_id, request.tool_name
+        scope = pending.scope = grant_scope(tool, request.input, request.suggestions)
+        choices = [("Allow once", "allow", "primary")]
+        always_ok = key.startswith("p2p:") or bool(self._approvers)
+        if always_ok:
+            label = _clip(f"Always allow {scope.rule}", _BUTTON_CHARS)
+            choices.append((label, "allow_always", "default"))
+        choices.append(("Deny", "deny", "danger"))
         buttons = tuple(
-            Button(text, self._value(action, pending), kind)
-            for text, action, kind in (
-                ("Allow once", "allow", "primary"),
-                ("Always allow", "allow_always", "default"),
-                ("Deny", "deny", "danger"),
-            )
+            Button(text, self._value(action, pending), kind) for text, action, kind in choices
         )
         who = _mention(requester) + (" or an approver" if self._approvers else "")
+        if tool == NETWORK_TOOL:
+            title = f"🌐 **Claude wants to connect to {literal_mentions(scope.rule)}**"
+            body = ""
+        else:
+            title = f"🔐 **Claude wants to use {literal_mentions(tool)}**"
+            body = summarize(tool, request.input) + "\n"
+        always = ""
+        if always_ok:
+            only = " (in a group: approvers only)" if not key.startswith("p2p:") else ""
+            always = f"*Always allow* = {scope.label}, in this conversation until /new{only}.\n"
         ask_text = (
-            f"🔐 **Claude wants to use {request.tool_name}**\n{summary}\n"
+            f"{title}\n{body}{always}"
             f"Waiting for {who} (up to {_duration(self._timeout)})."
         )
-        logger.info("approval {} asked for tool {}", rid, request.tool_name)
+        logger.info("approval {} asked for tool {}", rid, tool)
         await stream.show_block(Block(rid, ask_text, buttons))
-        head = f"**{request.tool_name}** {_one_line(summary)}"
+        head = (
+            f"🌐 {literal_mentions(scope.rule)}" if tool == NETWORK_TOOL
+            else record_head(tool, request.input)
+        )
         try:
             action, operator = await self._wait(pending)
         except TimeoutError:
@@ -269,16 +296,16 @@ class ApprovalBroker:
             return PermissionDecision(allow=False, message=DENIED_MESSAGE)
         if action == "allow_always":
             try:
-                await self._store.grant_tool(key, request.tool_name, operator)
+                await self._store.add_grant(key, scope.kind, scope.rule, operator)
             except Exception:
-                logger.exception("could not store the grant of {}", request.tool_name)
+                logger.exception("could not store the grant of {}", scope.rule)
             await stream.resolve_block(
                 rid,
-                f"✅ {head}: {request.tool_name} always allowed in this conversation, by "
+                f"✅ {head}: always allowed here ({scope.label}, `{scope.rule}`), by "
                 f"{_mention(operator)}",
             )
-        else:
-            await stream.resolve_block(rid, f"✅ {head}: allowed once by {_mention(operator)}")
+            return _allow(request, updates=(scope.update,))
+        await stream.resolve_block(rid, f"✅ {head}: allowed once by {_mention(operator)}")
         return _allow(request)
 
     async def _ask_question(
@@ -296,7 +323,8 @@ class ApprovalBroker:
                 label, operator = pending.answers[q]
                 await stream.resolve_block(
                     _qid(pending, q),
-                    f"💬 {pending.questions[q].get('question')} → **{label}** "
+                    f"💬 {literal_mentions(str(pending.questions[q].get('question')))} → "
+                    f"**{literal_mentions(label)}** "
                     f"(by {_mention(operator)})",
                 )
 
@@ -305,7 +333,8 @@ class ApprovalBroker:
             for q in range(len(pending.questions)):
                 if q not in recorded:
                     await stream.resolve_block(
-                        _qid(pending, q), f"{why} {pending.questions[q].get('question')}"
+                        _qid(pending, q),
+                        f"{why} {literal_mentions(str(pending.questions[q].get('question')))}",
                     )
 
         try:
@@ -330,10 +359,11 @@ class ApprovalBroker:
 
     def _question_block(self, pending: _Pending, q: int, question: dict[str, Any]) -> Block:
         options = question.get("options") or []
-        lines = [f"❓ **{question.get('header') or 'Claude asks'}**: {question.get('question')}"]
+        header = literal_mentions(str(question.get("header") or "Claude asks"))
+        lines = [f"❓ **{header}**: {literal_mentions(str(question.get('question')))}"]
         lines += [
-            f"- **{opt.get('label')}**"
-            + (f" — {opt['description']}" if opt.get("description") else "")
+            f"- **{literal_mentions(str(opt.get('label')))}**"
+            + (f" — {literal_mentions(str(opt['description']))}" if opt.get("description") else "")
             for opt in options
         ]
         buttons = [
@@ -378,28 +408,17 @@ class ApprovalBroker:
             question=extra.get("q"),
         )
 
-    async def _granted(self, key: str, tool: str) -> bool:
-        try:
-            grants = await self._store.list_grants(key)
-        except Exception:
-            logger.exception("could not read the tool grants of {}", key)
-            return False
-        return any(_grant_tool(g) == tool for g in grants)
-
-
-def _grant_tool(grant: Any) -> Any:
-    """The tool name of a stored grant (a name, or a (tool, granted_by, granted_at) row)."""
-    if isinstance(grant, str):
-        return grant
-    return getattr(grant, "tool", None) or grant[0]
-
 
 def _qid(pending: _Pending, q: int) -> str:
     return f"{pending.request_id}q{q}"
 
 
-def _allow(request: PermissionRequest) -> PermissionDecision:
-    return PermissionDecision(allow=True, updated_input=dict(request.input))
+def _allow(
+    request: PermissionRequest, updates: tuple[dict[str, Any], ...] = ()
+) -> PermissionDecision:
+    return PermissionDecision(
+        allow=True, updated_input=dict(request.input), updated_permissions=updates
+    )
 
 
 def _questions(data: dict[str, Any]) -> list[dict[str, Any]]:
@@ -419,43 +438,5 @@ def _duration(seconds: float) -> str:
     return f"{seconds:g} s"
 
 
-def _one_line(summary: str) -> str:
-    for line in summary.splitlines():
-        line = line.strip().strip("`")
-        if line:
-            return f"`{line[:80]}`"
-    return ""
-
-
-def _fence(text: str, lang: str = "") -> str:
-    ticks = "```"
-    while ticks in text:
-        ticks += "`"
-    return f"{ticks}{lang}\n{text}\n{ticks}"
-
-
-def summarize(tool: str, data: dict[str, Any]) -> str:
-    """A short markdown summary of a tool's input: the command, or the file and first lines."""
-    data = data if isinstance(data, dict) else {}
-    path = data.get("file_path") or data.get("notebook_path") or data.get("path")
-    if tool == "Bash" and isinstance(data.get("command"), str):
-        out = _fence(_clip(data["command"]), "bash")
-        if data.get("description"):
-            out = f"{_clip(str(data['description']), 200)}\n{out}"
-        return out
-    new_text = data.get("new_string") or data.get("content") or data.get("new_source")
-    if isinstance(data.get("edits"), list) and data["edits"]:
-        new_text = (data["edits"][0] or {}).get("new_string")
-    if path and isinstance(new_text, str):
-        first = "\n".join(new_text.splitlines()[:_EDIT_LINES])
-        return f"`{path}`\n{_fence(_clip(first))}"
-    if path:
-        return f"`{path}`"
-    for key in ("url", "pattern", "query"):
-        if isinstance(data.get(key), str):
-            return f"`{_clip(data[key], 300)}`"
-    return _fence(_clip(json.dumps(data, ensure_ascii=False)), "json") if data else ""
-
-
-def _clip(text: str, limit: int = _MAX_SUMMARY) -> str:
+def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -89,6 +89,10 @@ class TurnRequest:
     # blocks: {"type": "image", "source": {"type": "base64", "media_type": ..., "data": ...}}).
     content: tuple[dict[str, Any], ...] = ()
     user_id: str = ""
+    # The conversation's "Always allow" grants, given to a new process at start (a warm one
+    # got each as a session rule when it was granted): permission rules and sandbox hosts.
+    allowed_rules: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,12 +110,15 @@ class PermissionRequest:
 @dataclass(frozen=True, slots=True)
 class PermissionDecision:
     """The answer to a PermissionRequest. `updated_input` replaces the tool input on allow
-    (AskUserQuestion answers travel this way); `interrupt` ends the turn after a deny."""
+    (AskUserQuestion answers travel this way); `updated_permissions` are rule updates for the
+    CLI with an allow (session rules of "Always allow"); `interrupt` ends the turn after a
+    deny."""
 
     allow: bool
     message: str = ""
     updated_input: dict[str, Any] | None = None
     interrupt: bool = False
+    updated_permissions: tuple[dict[str, Any], ...] = ()
 
 
 # Asked for every can_use_tool; must always return (the caller enforces no deadline).

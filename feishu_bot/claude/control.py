@@ -238,8 +238,11 @@ def _decision_body(decision: PermissionDecision, request: dict[str, Any]) -> dic
     if decision.allow:
         original = request.get("input") if isinstance(request.get("input"), dict) else {}
         updated = decision.updated_input if decision.updated_input is not None else original
-        return {"behavior": "allow", "updatedInput": updated}
-    body: dict[str, Any] = {"behavior": "deny", "message": decision.message or "Denied."}
+        body: dict[str, Any] = {"behavior": "allow", "updatedInput": updated}
+        if decision.updated_permissions:
+            body["updatedPermissions"] = list(decision.updated_permissions)
+        return body
+    body = {"behavior": "deny", "message": decision.message or "Denied."}
     if decision.interrupt:
         body["interrupt"] = True
     return body

@@ -404,7 +404,7 @@ class Launcher:
             raise PermanentCliError(f"working directory {workdir} does not exist")
         session = CliSession(
             req.conversation_key,
-            cli_argv(self._cfg, resume, req.model),
+            cli_argv(self._cfg, resume, req.model, req.allowed_rules),
             cwd=workdir,
             env=self._env(),
             kill_grace=self._cfg.kill_grace,

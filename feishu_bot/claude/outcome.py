@@ -16,8 +16,11 @@ from feishu_bot.events import TurnResult
 __all__ = ["cli_argv", "turn_error", "turn_result"]
 
 
-def cli_argv(cfg: LauncherConfig, resume: ResumePoint, model: str | None) -> list[str]:
-    """``claude`` in stream-json mode, resuming ``resume`` (forked) when it names a session."""
+def cli_argv(
+    cfg: LauncherConfig, resume: ResumePoint, model: str | None, rules: tuple[str, ...] = ()
+) -> list[str]:
+    """``claude`` in stream-json mode, resuming ``resume`` (forked) when it names a session;
+    ``rules`` are the conversation's granted permission rules, matched by the CLI itself."""
     argv = [
         cfg.bin, "--input-format", "stream-json", "--output-format", "stream-json",
         "--verbose", "--permission-prompt-tool", "stdio",
@@ -32,9 +35,10 @@ def cli_argv(cfg: LauncherConfig, resume: ResumePoint, model: str | None) -> lis
             argv.append("--fork-session")
     if cfg.permission_mode:
         argv += ["--permission-mode", cfg.permission_mode]
-    if cfg.allowed_tools:
+    allowed = tuple(dict.fromkeys((*cfg.allowed_tools, *rules)))
+    if allowed:
         # One comma-joined value: the option is variadic and would swallow later words.
-        argv += ["--allowedTools", ",".join(cfg.allowed_tools)]
+        argv += ["--allowedTools", ",".join(allowed)]
     if cfg.mcp_config:
         argv += ["--mcp-config", cfg.mcp_config]
     model = model or cfg.model

@@ -76,6 +76,7 @@ async def run_chat_turn(
     workdir = Path(conv.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     prompt, content, cleanup = await _turn_input(ctx, msg, workdir)
+    grants = await ctx.store.list_grants(msg.conversation_key)
     request = TurnRequest(
         conversation_key=msg.conversation_key,
         prompt=prompt,
@@ -84,6 +85,8 @@ async def run_chat_turn(
         model=conv.model or ctx.settings.CLAUDE_MODEL or None,
         content=content,
         user_id=msg.sender_open_id,
+        allowed_rules=tuple(g.rule for g in grants if g.kind == "tool"),
+        allowed_hosts=tuple(g.rule for g in grants if g.kind == "host"),
     )
 
     seen_output = False

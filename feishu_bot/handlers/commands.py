@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from feishu_bot.conversations import default_workdir
 from feishu_bot.events import InboundMessage
 from feishu_bot.handlers.attachments import drop_kept
+from feishu_bot.handlers.permission_commands import cmd_permissions
 from feishu_bot.handlers.session_commands import cmd_resume, cmd_sessions, cmd_stats
 
 if TYPE_CHECKING:
@@ -69,17 +70,21 @@ async def cmd_status(ctx: BotContext, msg: InboundMessage, args: str) -> str:
     conv = await ctx.store.get_conversation(msg.conversation_key)
     handles = ctx.turns.handles(msg.conversation_key)
     running = [h for h in handles if h.running]
+    waiting = len(handles) - len(running)
     if running:
-        position = ctx.launcher.queue_position(msg.conversation_key)
-        state = f"queued, position {position}" if position else "running"
+        # A running turn is "running" even while a later one of this conversation waits in the
+        # queue (queue_position then answers for that one).
+        state = "running"
     elif handles:
-        state = f"{len(handles)} waiting"
+        position = ctx.launcher.queue_position(msg.conversation_key)
+        state = f"queued, position {position}" if position else f"{len(handles)} waiting"
+        waiting -= 1
     else:
         state = "idle"
-    if len(handles) > 1:
-        state += f" ({len(handles) - 1} more waiting)"
+    if waiting > 0:
+        state += f" ({waiting} more waiting)"
     grants = await ctx.store.list_grants(msg.conversation_key)
-    allowed = ", ".join(f"{tool} (by {by})" for tool, by, _ in grants)
+    allowed = ", ".join(g.rule for g in grants)
     stats = ctx.launcher.stats()
     warm = "warm (the next message needs no start-up)" if ctx.launcher.is_warm(
         msg.conversation_key) else "none (the next message starts one)"
@@ -94,7 +99,8 @@ async def cmd_status(ctx: BotContext, msg: InboundMessage, args: str) -> str:
         f"• working directory: {conv.workdir if conv else ctx.workdir_root}",
         f"• model: {model}",
         f"• claude process: {warm}",
-        f"• always allowed here: {allowed or 'nothing (tools are asked for; /new clears this)'}",
+        f"• always allowed here: {allowed or 'nothing (commands are asked for)'}"
+        " (/permissions)",
         f"• turns: {turns}, cost ${cost:.4f}",
         f"Bot: {stats.active}/{stats.max_concurrent} running, {stats.warm_idle} warm idle, "
         f"{stats.queued} queued, "
@@ -209,6 +215,7 @@ COMMANDS: dict[str, tuple[CommandFn, str]] = {
     "sessions": (cmd_sessions, "list this conversation's recent Claude sessions"),
     "resume": (cmd_resume, "switch back to session N from /sessions"),
     "stats": (cmd_stats, "turns, success rate, median time and cost, today and in total"),
+    "permissions": (cmd_permissions, "what is always allowed here; /permissions rm N removes one"),
 }
 
 

@@ -30,8 +30,8 @@ def schema_objects(path: Path) -> set[tuple[str, str]]:
     return set(rows)
 
 
-async def _v3_add_label(conn: aiosqlite.Connection) -> None:
-    """A test-only version 3: what a real next migration would look like."""
+async def _vnext_add_label(conn: aiosqlite.Connection) -> None:
+    """A test-only next version: what a real next migration would look like."""
     await conn.execute("ALTER TABLE conversations ADD COLUMN label TEXT NOT NULL DEFAULT ''")
     await conn.execute("UPDATE conversations SET label = 'migrated:' || key")
 
@@ -40,7 +40,7 @@ async def test_empty_file_is_migrated_to_the_current_version(db_path: Path):
     async with await SessionStore.open(db_path):
         pass
     assert db_path.parent.is_dir()
-    assert user_version(db_path) == SCHEMA_VERSION == len(STEPS) == 2
+    assert user_version(db_path) == SCHEMA_VERSION == len(STEPS) == 3
     assert schema_objects(db_path) >= {
         ("table", "conversations"),
         ("table", "processed_messages"),
@@ -49,7 +49,8 @@ async def test_empty_file_is_migrated_to_the_current_version(db_path: Path):
         ("index", "processed_messages_seen_at"),
         ("index", "turns_status"),
         ("index", "turns_created"),
-        ("table", "tool_grants"),
+        ("table", "permission_grants"),
+        ("table", "grant_notices"),
         ("table", "sessions"),
         ("index", "sessions_conversation"),
     }
@@ -126,18 +127,18 @@ async def test_upgrade_from_the_previous_version_keeps_data(db_path: Path):
         await conn.close()
     assert user_version(db_path) == 1
 
-    async with await SessionStore.open(db_path) as store:  # the real v2 step
+    async with await SessionStore.open(db_path) as store:  # the real later steps
         [turn] = await store.pending_turns()
         assert (turn.message_id, turn.prompt, turn.reply_in_thread) == ("om_1", "hi", True)
         assert (turn.sender_open_id, turn.attachments) == ("", ())
         assert (turn.reaction_id, turn.card_message_id) == (None, None)
         assert (await store.get_conversation("p2p:oc_2")).session_id == "sid-2"
-    assert user_version(db_path) == 2
+    assert user_version(db_path) == SCHEMA_VERSION
 
     conn = await connect(db_path)
     try:
-        assert await migrate(conn, steps=(*STEPS, _v3_add_label)) == 3
-        assert await current_version(conn) == 3
+        assert await migrate(conn, steps=(*STEPS, _vnext_add_label)) == SCHEMA_VERSION + 1
+        assert await current_version(conn) == SCHEMA_VERSION + 1
     finally:
         await conn.close()
 
@@ -149,7 +150,7 @@ async def test_upgrade_from_the_previous_version_keeps_data(db_path: Path):
     db.close()
     assert rows == [(f"p2p:oc_{n}", f"sid-{n}", f"migrated:p2p:oc_{n}") for n in range(3)]
     assert turns == [("om_1", "hi", 1)]
-    assert user_version(db_path) == 3
+    assert user_version(db_path) == SCHEMA_VERSION + 1
 
 
 async def test_a_failing_step_leaves_the_file_at_its_old_version_untouched(db_path: Path):
@@ -157,7 +158,7 @@ async def test_a_failing_step_leaves_the_file_at_its_old_version_untouched(db_pa
         await store.mark_processed("om_1")
     before = schema_objects(db_path)
 
-    async def broken_v3(conn: aiosqlite.Connection) -> None:
+    async def broken_next(conn: aiosqlite.Connection) -> None:
         await conn.execute("CREATE TABLE half_done (x)")
         await conn.execute("DELETE FROM processed_messages")
         raise RuntimeError("step failed half-way")
@@ -165,11 +166,11 @@ async def test_a_failing_step_leaves_the_file_at_its_old_version_untouched(db_pa
     conn = await connect(db_path)
     try:
         with pytest.raises(RuntimeError, match="half-way"):
-            await migrate(conn, steps=(*STEPS, broken_v3))
+            await migrate(conn, steps=(*STEPS, broken_next))
         assert not conn.in_transaction
     finally:
         await conn.close()
-    assert user_version(db_path) == 2
+    assert user_version(db_path) == SCHEMA_VERSION
     assert schema_objects(db_path) == before
     async with await SessionStore.open(db_path) as store:
         assert await store.mark_processed("om_1") is False  # the row survived the rollback
@@ -180,14 +181,47 @@ async def test_a_file_newer_than_the_code_is_refused_and_left_alone(db_path: Pat
         await store.mark_processed("om_1")
     conn = await connect(db_path)
     try:
-        await migrate(conn, steps=(*STEPS, _v3_add_label))
+        await migrate(conn, steps=(*STEPS, _vnext_add_label))
     finally:
         await conn.close()
 
-    with pytest.raises(SchemaTooNewError, match="version 3 is newer") as caught:
+    newer = SCHEMA_VERSION + 1
+    with pytest.raises(SchemaTooNewError, match=f"version {newer} is newer") as caught:
         await SessionStore.open(db_path)
-    assert (caught.value.found, caught.value.supported) == (3, SCHEMA_VERSION)
-    assert user_version(db_path) == 3
+    assert (caught.value.found, caught.value.supported) == (newer, SCHEMA_VERSION)
+    assert user_version(db_path) == newer
     with sqlite3.connect(db_path) as db:
         assert db.execute("SELECT COUNT(*) FROM processed_messages").fetchone() == (1,)
     db.close()
+
+
+async def test_v3_drops_unscoped_grants_and_leaves_one_notice_per_conversation(db_path: Path):
+    """Safe controls #4: a v2 grant named a bare tool ("Bash": every command, for good). The
+    migration drops those; /permissions reads the notice once."""
+    db_path.parent.mkdir(parents=True)
+    conn = await connect(db_path)
+    try:
+        assert await migrate(conn, steps=STEPS[:2]) == 2
+        for key, tool in (("p2p:a", "Bash"), ("p2p:a", "Edit"), ("group:b", "Bash")):
+            await conn.execute(
+                "INSERT INTO tool_grants VALUES (?, ?, 'ou_x', 1700000000.0)", (key, tool)
+            )
+        await conn.commit()
+    finally:
+        await conn.close()
+    async with await SessionStore.open(db_path) as store:
+        assert await store.list_grants("p2p:a") == []
+        assert await store.take_grant_notice("p2p:a") == "Bash, Edit"
+        assert await store.take_grant_notice("p2p:a") is None  # once
+        assert await store.take_grant_notice("group:b") == "Bash"
+        await store.add_grant("p2p:a", "tool", "Bash(npm test:*)", "ou_y")
+        await store.add_grant("p2p:a", "host", "example.com", "ou_y")
+        grants = await store.list_grants("p2p:a")
+        assert [(g.kind, g.rule, g.granted_by) for g in grants] == [
+            ("tool", "Bash(npm test:*)", "ou_y"),
+            ("host", "example.com", "ou_y"),
+        ]
+        assert not await store.remove_grant("group:b", grants[0].grant_id)  # not its grant
+        assert await store.remove_grant("p2p:a", grants[0].grant_id)
+        assert [g.rule for g in await store.list_grants("p2p:a")] == ["example.com"]
+        assert await store.clear_grants("p2p:a") == 1

@@ -129,20 +129,44 @@ async def test_allow_once_runs_the_tool(sim, anthropic, start_bot):
     assert f"allowed once by <at id={USER}></at>" in text
 
 
-async def test_always_allow_is_remembered(sim, anthropic, start_bot):
+async def test_always_allow_is_a_scoped_rule_the_cli_remembers(sim, anthropic, start_bot):
+    """Safe controls #4 with the real CLI: "Always allow" grants `Bash(touch:*)` as a session
+    rule; the same command then runs unasked, in the warm process and (from the stored grant)
+    in a new one, while another command is still asked."""
+    other = {"command": "rm -f made_by_tool.txt", "description": "Remove it"}
     anthropic.enqueue(
-        ToolUse("Bash", TOUCH), Reply("first"), ToolUse("Bash", TOUCH), Reply("second")
+        ToolUse("Bash", TOUCH), Reply("first"),
+        ToolUse("Bash", TOUCH), Reply("second"),
+        ToolUse("Bash", TOUCH), Reply("third"),
+        ToolUse("Bash", other), Reply("fourth"),
     )
     bot = await approval_bot(start_bot)
     first = await sim.push_message(text="make the file")
-    card = await card_with(sim, first, "Always allow")
-    await sim.click(card, "Always allow")
+    card = await card_with(sim, first, "Allow once")
+    shown = sim.message_text(sim.message(card))
+    assert "Always allow Bash(touch:*)" in json.dumps(sim.rendered_card(card)), shown
+    click = await sim.click(card, "Always allow Bash(touch:*)")
+    assert "commands starting with `touch`" in click.toast["content"]
     text = await final_text(sim, first, contains="first")
-    assert "always allowed in this conversation" in text
+    assert "always allowed here" in text and "Bash(touch:*)" in text
     second = await sim.push_message(text="make it again")
-    text = await final_text(sim, second, contains="second")
+    await final_text(sim, second, contains="second")
     assert "Allow once" not in json.dumps([r.rendered for r in sim.replies_to(second)])
     assert made_files(bot)
+    # A new process gets the stored grant at start (/model closes the warm one).
+    model = await sim.push_message(text="/model default")
+    await sim.wait_for(lambda: len(sim.replies_to(model)) >= 1, 30)
+    third = await sim.push_message(text="and once more")
+    await final_text(sim, third, contains="third")
+    assert "Allow once" not in json.dumps([r.rendered for r in sim.replies_to(third)])
+    fourth = await sim.push_message(text="now remove it")
+    card = await card_with(sim, fourth, "Deny")  # not covered by the grant: asked
+    await sim.click(card, "Deny")
+    await final_text(sim, fourth, contains="fourth")
+    listing = await sim.push_message(text="/permissions")
+    await sim.wait_for(lambda: len(sim.replies_to(listing)) >= 1, 30)
+    text = sim.message_text(sim.replies_to(listing)[0])
+    assert "1. Bash(touch:*)" in text and USER in text
 
 
 async def test_deny_keeps_the_tool_from_running(sim, anthropic, start_bot):

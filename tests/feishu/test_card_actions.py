@@ -134,7 +134,7 @@ async def test_new_session_button(ctx):
         KEY, chat_id=CHAT, chat_type="p2p", thread_root=None, workdir="/w"
     )
     await ctx.store.set_session(KEY, "sess-1")
-    await ctx.store.grant_tool(KEY, "Bash", USER)
+    await ctx.store.add_grant(KEY, "tool", "Bash(ls:*)", USER)
     new = SIGNER.value("new", conversation_key=KEY, turn_id=1)
     answer = await handle(ctx, click(new))
     assert answer["toast"]["type"] == "success"
@@ -191,4 +191,3 @@ def test_card_services_follow_the_settings():
     assert services.stream_factory.cardkit.mode == "off"
     value = services.signer.value("stop", conversation_key=KEY, turn_id=1)
     assert SIGNER.verify(value) is not None  # the same key as any signer of this secret
-    assert services.broker.waiting_since(KEY) is None

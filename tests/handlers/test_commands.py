@@ -74,7 +74,8 @@ def test_parse_command_only_knows_its_table() -> None:
     assert parse_command("/compact the context") is None  # Claude's own command
     assert parse_command("hello /new") is None
     assert set(COMMANDS) == {
-        "help", "new", "stop", "status", "cd", "model", "sessions", "resume", "stats"
+        "help", "new", "stop", "status", "cd", "model", "sessions", "resume", "stats",
+        "permissions",
     }
 
 
@@ -143,9 +144,9 @@ async def test_status_shows_conversation_and_bot(ctx: BotContext) -> None:
     assert "2/5 running" in text and "1 queued" in text and "websocket connected" in text
     assert "claude process: none" in text
     assert "always allowed here: nothing" in text
-    await ctx.store.grant_tool(MSG.conversation_key, "Bash", "ou_boss")
+    await ctx.store.add_grant(MSG.conversation_key, "tool", "Bash(npm test:*)", "ou_boss")
     text = await run_command(ctx, MSG, "status", "")
-    assert "always allowed here: Bash (by ou_boss)" in text
+    assert "always allowed here: Bash(npm test:*)" in text
     await run_command(ctx, MSG, "new", "")
     assert "always allowed here: nothing" in await run_command(ctx, MSG, "status", "")
 
