@@ -69,8 +69,9 @@ def _print_banner(pg: Playground, out: TextIO) -> None:
             file=out,
         )
     print(f"\n{REAL_APP_HINT}", file=out)
-    print(f"\nOpen {pg.url} in a browser (the token in it lets", file=out)
-    print("this browser in; keep it to yourself). Ctrl-C stops.\n", file=out)
+    print(f"\nOpen {pg.url} in a browser. Ctrl-C stops.", file=out)
+    # The token is the only way in (see guard.py); say so where it is shown.
+    print("The token in it lets a browser in: keep the address to yourself.\n", file=out)
 
 
 async def _serve(config: PlaygroundConfig) -> int:
