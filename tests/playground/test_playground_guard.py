@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from feishu_bot.playground.guard import Guard
 from feishu_bot.playground.web import PlaygroundWeb
 from feishu_bot.simulator import FeishuSimulator
 from feishu_bot.simulator.media import sample_png
@@ -289,3 +290,50 @@ async def test_the_page_flow_token_cookie_then_api_and_feed(page: PlaygroundWeb)
     assert [d.event_id for d in page.sim.deliveries] == [
         page.sim.user_messages[message_id].event_id
     ]
+
+
+def test_rules_at_their_edges() -> None:
+    """The pure decision: the page's own requests pass, a near miss does not."""
+    guard = Guard(token="t" * 43, port=8780)
+    ok: dict[str, Any] = {
+        "method": "GET",
+        "path": "/api/state",
+        "host": "127.0.0.1:8780",
+        "origin": None,
+        "fetch_site": "same-origin",
+        "content_type": "",
+        "presented": "t" * 43,
+    }
+    assert guard.refusal(**ok) is None
+    assert (
+        guard.refusal(**{**ok, "host": "localhost:8780", "origin": "http://localhost:8780"}) is None
+    )
+    assert guard.refusal(**{**ok, "fetch_site": "none"}) is None  # opened from the terminal
+    post = {**ok, "method": "POST", "origin": "http://127.0.0.1:8780"}
+    assert (
+        guard.refusal(**{**post, "path": "/api/send", "content_type": "application/json"}) is None
+    )
+    upload = {**post, "path": "/api/upload", "content_type": "multipart/form-data"}
+    assert guard.refusal(**upload) is None
+    # The script and style sheet need no token, but the Host and Origin rules still hold.
+    assert guard.refusal(**{**ok, "path": "/static/app.js", "presented": None}) is None
+    near_misses = {
+        "another port": {"host": "127.0.0.1:8781"},
+        "no port": {"host": "127.0.0.1"},
+        "no Host": {"host": None},
+        "https origin": {"origin": "https://127.0.0.1:8780"},
+        "origin on another port": {"origin": "http://localhost:3000"},
+        "same-site fetch": {"fetch_site": "same-site"},
+        "cross-site fetch": {"fetch_site": "cross-site"},
+        "token prefix": {"presented": "t" * 42},
+        "static from a rebound host": {"path": "/static/app.js", "host": "evil.example:8780"},
+    }
+    for name, change in near_misses.items():
+        reason = guard.refusal(**{**ok, **change})
+        assert reason and "\n" not in reason, name
+    assert "multipart" in str(guard.refusal(**{**upload, "content_type": "application/json"}))
+    assert "application/json" in str(
+        guard.refusal(**{**post, "path": "/api/action", "content_type": "text/plain"})
+    )
+    # Two playgrounds on one machine keep their cookies apart (cookies ignore ports).
+    assert guard.cookie_name != Guard(token="t", port=8781).cookie_name
