@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-__all__ = ["JSON_PATHS", "Guard", "guard_middleware"]
+__all__ = ["Guard", "guard_middleware"]
 
 JSON_PATHS = frozenset({"/api/send", "/api/action"})
 UPLOAD_PATHS = frozenset({"/api/upload"})
@@ -81,7 +81,7 @@ class Guard:
         `presented` is the token the request carries (cookie, bearer header, or ``?token=`` on
         the page itself); `content_type` is the bare MIME type.
         """
-        if host not in self.hosts:
+        if host is None or host.lower() not in self.hosts:
             return f"Host {host or '(none)'!s:.60} is not this playground (DNS rebinding?)"
         if origin is not None and origin not in self.origins:
             return f"requests from {origin:.60} are not accepted: only from this playground's page"
@@ -124,7 +124,7 @@ def _mime(request: web.Request) -> str:
     return request.headers.get("Content-Type", "").partition(";")[0].strip().lower()
 
 
-def forbidden(reason: str) -> web.Response:
+def _forbidden(reason: str) -> web.Response:
     return web.Response(status=403, text=reason + "\n", headers={"Cache-Control": "no-store"})
 
 
@@ -140,7 +140,7 @@ def guard_middleware(
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         guard = get_guard()
         if guard is None:
-            return forbidden("the playground is starting")
+            return _forbidden("the playground is starting")
         presented = guard.presented(request)
         reason = guard.refusal(
             method=request.method,
@@ -152,7 +152,7 @@ def guard_middleware(
             presented=presented,
         )
         if reason is not None:
-            return forbidden(reason)
+            return _forbidden(reason)
         if request.path == "/" and "token" in request.query:
             return guard.login()
         return await handler(request)
