@@ -17,6 +17,7 @@ app_configured() {
 
 if [ "$#" -eq 0 ] && ! app_configured; then
   echo "run.sh: FEISHU_APP_ID is not configured (environment or ./.env): starting the playground."
+  echo "run.sh: then open the address it prints (http://127.0.0.1:PORT/?token=...) in a browser."
   exec "$ROOT/scripts/serve.sh" playground --auto-offline
 fi
 exec "$ROOT/scripts/serve.sh" "$@"

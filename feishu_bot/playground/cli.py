@@ -35,7 +35,7 @@ def _configure_logging(pg: Playground) -> None:
     configure_logging(
         level=level,
         log_dir=str(pg.data_dir / "logs"),
-        secrets=[pg.app_secret],
+        secrets=[pg.app_secret, pg.page_token],
         stderr=_Quiet(),
     )
     # The terminal shows only what needs attention; the full log is in the playground's logs.
@@ -69,7 +69,9 @@ def _print_banner(pg: Playground, out: TextIO) -> None:
             file=out,
         )
     print(f"\n{REAL_APP_HINT}", file=out)
-    print(f"\nOpen {pg.url} in a browser. Ctrl-C stops.\n", file=out)
+    print(f"\nOpen {pg.url} in a browser. Ctrl-C stops.", file=out)
+    # The token is the only way in (see guard.py); say so where it is shown.
+    print("The token in it lets a browser in: keep the address to yourself.\n", file=out)
 
 
 async def _serve(config: PlaygroundConfig) -> int:

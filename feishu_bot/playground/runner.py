@@ -122,11 +122,21 @@ class Playground:
         # nothing should be able to connect to it as "the bot" with a known constant. Public so
         # the caller can register it with the log redaction before anything starts.
         self.app_secret = secrets.token_hex(16)
+        # The page's token (see `guard`): whoever has it can drive the bot, approvals
+        # included. Made here, like the secret above, so the log redaction knows it early.
+        self.page_token = secrets.token_urlsafe(32)
 
     @property
     def url(self) -> str:
+        """The address to open in a browser: the page with this run's token."""
         assert self.web is not None
         return self.web.url
+
+    @property
+    def base_url(self) -> str:
+        """The page's origin, ``http://127.0.0.1:PORT`` (the API is under it)."""
+        assert self.web is not None
+        return self.web.base_url
 
     def mode_text(self) -> str:
         if self.offline:
@@ -178,6 +188,7 @@ class Playground:
             health=self._health,
             host=self.config.host,
             port=self.settings.PLAYGROUND_PORT if self.config.port is None else self.config.port,
+            token=self.page_token,
         )
         self._sink_id = logger.add(self._log_sink, level="INFO", format="{message}")
         # The page first: a busy port fails at once, and the page is up while the bot connects.

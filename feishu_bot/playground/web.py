@@ -13,6 +13,11 @@ Routes (all on 127.0.0.1):
 - ``POST /api/upload`` (multipart ``file``, ``chat``, ``mention``): an image or file message,
   when the simulator can hold resources; ``GET /api/resource/{key}`` serves them back;
 - ``GET /api/healthz`` the bot's /healthz body.
+
+Every route but ``/static/`` needs this run's token, and every request must come from the page
+itself (`guard`): ``url`` is the address to open, ``/?token=…``, which sets the page's cookie.
+Each page's feed queue is bounded: a page that falls `feed_queue_max` messages behind (its
+socket full, or gone quiet) is dropped, and its script reconnects to a fresh snapshot.
 """
 
 from __future__ import annotations
@@ -21,16 +26,19 @@ import asyncio
 import contextlib
 import json
 import mimetypes
+import secrets
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from loguru import logger
 
 from feishu_bot.simulator import FeishuSimulator
 
 from . import features
+from .guard import Guard, guard_middleware
 from .view import CHATS, PLAYGROUND_USER, ChatView
 
 __all__ = ["PlaygroundWeb"]
@@ -40,10 +48,28 @@ BATCH_S = 0.05  # coalesce bursts of record changes (a streamed card) into one f
 HEALTH_EVERY_S = 2.0
 MAX_UPLOAD = 30 * 1024 * 1024
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
+# Feed messages one page may have waiting. A page that reads keeps its queue near empty (the
+# records are coalesced every BATCH_S); one that does not would otherwise hold every card
+# version of the run in memory.
+FEED_QUEUE_MAX = 1000
+CLOSE_TIMEOUT_S = 2.0  # a page whose socket will not take even the close frame is cut
+
+
+@dataclass(eq=False, slots=True)
+class _Page:
+    """One open page feed: its websocket, its queue, the task writing the queue out."""
+
+    ws: web.WebSocketResponse
+    queue: asyncio.Queue[str]
+    transport: asyncio.BaseTransport | None
+    writer: asyncio.Task[None] | None = None
 
 
 class PlaygroundWeb:
-    """The aiohttp app; `info` is sent to every page as the ``hello`` message."""
+    """The aiohttp app; `info` is sent to every page as the ``hello`` message.
+
+    `token` is this run's secret (a fresh one when not given); `url` carries it.
+    """
 
     def __init__(
         self,
@@ -53,7 +79,11 @@ class PlaygroundWeb:
         health: Callable[[], Awaitable[dict[str, Any]]],
         host: str = "127.0.0.1",
         port: int = 8780,
+        token: str | None = None,
+        feed_queue_max: int = FEED_QUEUE_MAX,
     ) -> None:
+        if feed_queue_max < 3:
+            raise ValueError("feed_queue_max must hold a page's hello, snapshot and health")
         self.sim = sim
         self.info = info
         self._health = health
@@ -61,17 +91,39 @@ class PlaygroundWeb:
         self._port = port
         self.port: int | None = None
         self.health_line = ""
-        self._clients: dict[web.WebSocketResponse, asyncio.Queue[str]] = {}
+        self.token = token or secrets.token_urlsafe(32)
+        self._feed_max = feed_queue_max
+        self._guard: Guard | None = None
+        self._pages: dict[web.WebSocketResponse, _Page] = {}
+        self._closing: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._view = ChatView(sim)
 
     @property
-    def url(self) -> str:
+    def base_url(self) -> str:
         return f"http://{self._host}:{self.port}"
 
+    @property
+    def url(self) -> str:
+        """The address to open: the page, with the token that lets it in."""
+        return f"{self.base_url}/?token={self.token}"
+
+    @property
+    def pages(self) -> int:
+        """Open page feeds."""
+        return len(self._pages)
+
+    @property
+    def feed_backlog(self) -> int:
+        """Feed messages waiting to be written, over all pages."""
+        return sum(page.queue.qsize() for page in self._pages.values())
+
     async def start(self) -> None:
-        app = web.Application(client_max_size=MAX_UPLOAD + 1024 * 1024)
+        app = web.Application(
+            client_max_size=MAX_UPLOAD + 1024 * 1024,
+            middlewares=[guard_middleware(lambda: self._guard)],
+        )
         app.add_routes(
             [
                 web.get("/", self._index),
@@ -90,6 +142,7 @@ class PlaygroundWeb:
         await web.TCPSite(runner, self._host, self._port).start()
         self._runner = runner
         self.port = int(runner.addresses[0][1])
+        self._guard = Guard(token=self.token, port=self.port, host=self._host)
         self._tasks = [
             asyncio.create_task(self._watch_records(), name="playground-records"),
             asyncio.create_task(self._watch_health(), name="playground-health"),
@@ -99,10 +152,10 @@ class PlaygroundWeb:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for ws in list(self._clients):
-            with contextlib.suppress(Exception):
-                await ws.close()
-        self._clients.clear()
+        pages = list(self._pages.values())
+        self._pages.clear()
+        await asyncio.gather(*(_close(page, WSCloseCode.GOING_AWAY) for page in pages))
+        await asyncio.gather(*self._closing, return_exceptions=True)
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
@@ -130,8 +183,24 @@ class PlaygroundWeb:
     def _broadcast(self, message: dict[str, Any]) -> None:
         # One queue per page keeps the order of feed messages (a card's versions).
         data = json.dumps(message, default=str, ensure_ascii=False)
-        for queue in self._clients.values():
-            queue.put_nowait(data)
+        for page in list(self._pages.values()):
+            try:
+                page.queue.put_nowait(data)
+            except asyncio.QueueFull:
+                self._drop(page)
+
+    def _drop(self, page: _Page) -> None:
+        """Forget a page that fell too far behind; its script reconnects to a snapshot."""
+        logger.info("playground: a page fell {} feed messages behind: dropped", self._feed_max)
+        self._pages.pop(page.ws, None)
+        # Free the backlog now, not once the close is done.
+        while not page.queue.empty():
+            page.queue.get_nowait()
+        if page.writer is not None:
+            page.writer.cancel()
+        task = asyncio.create_task(_close(page, WSCloseCode.TRY_AGAIN_LATER), name="page-drop")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def _watch_records(self) -> None:
         seen = -1
@@ -160,7 +229,7 @@ class PlaygroundWeb:
         while True:
             message = await self._health_message()
             encoded = json.dumps(message, sort_keys=True, default=str)
-            if encoded != last and self._clients:
+            if encoded != last and self._pages:
                 last = encoded
                 self._broadcast(message)
             await asyncio.sleep(HEALTH_EVERY_S)
@@ -171,27 +240,33 @@ class PlaygroundWeb:
         health = json.dumps(await self._health_message(), default=str)
         # The snapshot and the registration happen without an await in between: every later
         # change reaches this page after its snapshot, none is lost.
-        queue: asyncio.Queue[str] = asyncio.Queue()
-        queue.put_nowait(json.dumps({"type": "hello", "info": self._hello()}, default=str))
+        page = _Page(ws, asyncio.Queue(maxsize=self._feed_max), request.transport)
+        page.queue.put_nowait(json.dumps({"type": "hello", "info": self._hello()}, default=str))
         snapshot = {"type": "snapshot", "items": self._view.items()}
-        queue.put_nowait(json.dumps(snapshot, default=str, ensure_ascii=False))
-        queue.put_nowait(health)
-        self._clients[ws] = queue
-        writer = asyncio.create_task(_write(ws, queue), name="playground-page")
+        page.queue.put_nowait(json.dumps(snapshot, default=str, ensure_ascii=False))
+        page.queue.put_nowait(health)
+        self._pages[ws] = page
+        page.writer = asyncio.create_task(_write(ws, page.queue), name="playground-page")
         try:
             async for msg in ws:
                 if msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
                     break
         finally:
-            self._clients.pop(ws, None)
-            writer.cancel()
-            await asyncio.gather(writer, return_exceptions=True)
+            self._pages.pop(ws, None)
+            page.writer.cancel()
+            await asyncio.gather(page.writer, return_exceptions=True)
         return ws
 
     # -- pages and API ----------------------------------------------------------------------
 
     async def _index(self, request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+        # No framing by other pages: a framed page could be clicked through (an approval).
+        headers = {
+            "Cache-Control": "no-cache",
+            "X-Frame-Options": "DENY",
+            "Content-Security-Policy": "frame-ancestors 'none'",
+        }
+        return web.FileResponse(STATIC / "index.html", headers=headers)
 
     async def _state(self, request: web.Request) -> web.Response:
         body = {
@@ -284,6 +359,18 @@ async def _json(request: web.Request) -> dict[str, Any]:
     except ValueError:
         return {}
     return body if isinstance(body, dict) else {}
+
+
+async def _close(page: _Page, code: WSCloseCode) -> None:
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT_S):
+            await page.ws.close(code=code, message=b"feed closed: reconnect for a snapshot")
+    except TimeoutError:
+        # The page's socket is full and does not take even the close frame: cut it.
+        if page.transport is not None:
+            page.transport.abort()
+    except Exception as exc:  # a page that went away meanwhile: nothing left to close
+        logger.debug("playground: closing a page feed: {!r}", exc)
 
 
 async def _write(ws: web.WebSocketResponse, queue: asyncio.Queue[str]) -> None:

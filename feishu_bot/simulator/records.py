@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .request_log import RequestLog, RequestRecord
+
 __all__ = [
     "AckRecord",
     "ConnectionRecord",
@@ -105,22 +107,6 @@ class Reaction:
 
 
 @dataclass(slots=True)
-class RequestRecord:
-    """One HTTP request to the simulator (REST and endpoint discovery; not websocket frames).
-
-    `code` is the Feishu `code` of the JSON answer (None when the body was not JSON).
-    """
-
-    method: str
-    path: str
-    query: dict[str, str]
-    status: int
-    code: int | None
-    time: float
-    body: Any = None
-
-
-@dataclass(slots=True)
 class Delivery:
     """One push of one event envelope over one connection (a redelivery is a new Delivery)."""
 
@@ -184,12 +170,12 @@ class ConnectionRecord:
 class Records:
     """All records plus one asyncio.Condition notified on every change."""
 
-    def __init__(self) -> None:
+    def __init__(self, requests: RequestLog | None = None) -> None:
         self.messages: list[SentMessage] = []
         self.user_messages: dict[str, UserMessage] = {}
         self.p2p_chats: dict[str, str] = {}  # user open_id -> the bot's p2p chat with them
         self.reactions: list[Reaction] = []
-        self.requests: list[RequestRecord] = []
+        self.requests = requests if requests is not None else RequestLog()
         self.deliveries: list[Delivery] = []
         self.acks: list[AckRecord] = []
         self.connections: list[ConnectionRecord] = []

@@ -11,7 +11,6 @@ The simulator never imports the bot's own modules nor lark_oapi.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,11 +28,11 @@ from .records import (
     Delivery,
     Reaction,
     Records,
-    RequestRecord,
     SentMessage,
     UserMessage,
     message_text,
 )
+from .request_log import MAX_LOG_BYTES, MAX_LOG_COUNT, RequestLog
 from .rest import TOKEN_PATH, RestApi, error_response
 from .ws import WS_PATH, WsHub
 
@@ -63,6 +62,8 @@ class FeishuSimulator:
         token_ttl: int = 7200,
         rate_limits: bool = False,
         cardkit_stream_ttl: float = 600.0,
+        request_log_max: int = MAX_LOG_COUNT,
+        request_log_bytes: int = MAX_LOG_BYTES,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -81,7 +82,9 @@ class FeishuSimulator:
         )
         self._host = host
         self._port = port
-        self.records = Records()
+        # `requests` keeps the newest `request_log_max` records and at most
+        # `request_log_bytes` of their bodies (see RequestLog).
+        self.records = Records(RequestLog(request_log_max, request_log_bytes))
         self.faults = Faults()
         self.rest = RestApi(self.options, self.records)
         self.hub = WsHub(self.options, self.records)
@@ -151,7 +154,8 @@ class FeishuSimulator:
         return self.records.reactions
 
     @property
-    def requests(self) -> list[RequestRecord]:
+    def requests(self) -> RequestLog:
+        """HTTP requests, oldest first; bounded (see `RequestLog`)."""
         return self.records.requests
 
     @property
@@ -464,13 +468,10 @@ class FeishuSimulator:
     async def _middleware(self, request: web.Request, handler) -> web.StreamResponse:
         if request.path == WS_PATH:
             return await handler(request)
-        raw = await request.read() if request.can_read_body else b""
-        try:
-            body: Any = json.loads(raw) if raw else None
-        except ValueError:
-            body = raw
+        raw = b""
         rule = self.faults.take(request.method, request.path)
         if rule is not None:
+            raw = await request.read() if request.can_read_body else b""
             status, payload, content_type, headers = rule.render()
             response: web.StreamResponse = web.Response(
                 status=status, body=payload, content_type=content_type, headers=headers
@@ -479,6 +480,10 @@ class FeishuSimulator:
             denied = None
             if request.path.startswith("/open-apis/") and request.path != TOKEN_PATH:
                 denied = self.rest.auth_error(request)
+            # A call without a valid token is answered unread: whoever has no token cannot
+            # make the simulator read, parse or keep up to client_max_size of anything.
+            if denied is None and request.can_read_body:
+                raw = await request.read()
             try:
                 response = denied or await handler(request)
             except web.HTTPException as exc:
@@ -489,16 +494,8 @@ class FeishuSimulator:
                 code = json.loads(response.body or b"null").get("code")
             except (ValueError, AttributeError, TypeError):
                 code = None
-        self.records.requests.append(
-            RequestRecord(
-                method=request.method,
-                path=request.path,
-                query=dict(request.query),
-                status=response.status,
-                code=code,
-                time=time.time(),
-                body=body,
-            )
+        self.records.requests.add(
+            request.method, request.path, dict(request.query), response.status, code, raw
         )
         await self.records.changed()
         return response

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,9 @@ async def start_playground(
                 },
             )
         )
-        configure_logging(level="DEBUG", log_dir=None, secrets=[pg.app_secret], stderr=logs)
+        configure_logging(
+            level="DEBUG", log_dir=None, secrets=[pg.app_secret, pg.page_token], stderr=logs
+        )
         started.append(pg)
         await pg.start()
         return pg
@@ -75,6 +78,17 @@ async def start_playground(
 @pytest.fixture
 async def playground(start_playground: StartPlayground) -> Playground:
     return await start_playground()
+
+
+@asynccontextmanager
+async def open_page(pg: Playground) -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session that opened the printed address, as a browser does: it holds the
+    page's token cookie, so the API (under `pg.base_url`) and the feed let it in."""
+    # aiohttp's jar refuses cookies of IP-address hosts unless told otherwise.
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        async with session.get(pg.url) as resp:
+            assert resp.status == 200, await resp.text()
+        yield session
 
 
 class Feed:

@@ -50,6 +50,39 @@ def replies_text_js(needle: str) -> str:
     }})()"""
 
 
+# Watches the conversation pane from now on; `window.pgRedrawn()` then says what was touched
+# besides new rows and rows whose item changed.
+WATCH_REDRAWS_JS = """(() => {
+    const box = document.getElementById('messages');
+    const before = new Map([...box.children].map((row) => [row, row.dataset.sig]));
+    const records = [];
+    const obs = new MutationObserver((found) => records.push(...found));
+    obs.observe(document.querySelector('.conversation'),
+                {subtree: true, childList: true, attributes: true, characterData: true});
+    window.pgRedrawn = () => {
+        records.push(...obs.takeRecords());
+        obs.disconnect();
+        const outside = [];
+        const needless = [];
+        for (const m of records) {
+            if (m.target !== box) {
+                const old = [...before.keys()].find((row) => row.contains(m.target));
+                if (!box.contains(m.target) || old) outside.push(m.target.id || m.target.nodeName);
+                continue;
+            }
+            for (const row of m.removedNodes) {
+                if (!before.has(row)) continue;
+                const now = box.querySelector(`[data-id="${row.dataset.id}"]`);
+                if (!now || now.dataset.sig === before.get(row)) needless.push(row.dataset.id);
+            }
+        }
+        return {outside, needless, kept: [...before.keys()].filter((r) => r.isConnected).length,
+                shown: before.size};
+    };
+    return before.size;
+})()"""
+
+
 async def send(page: Page, text: str) -> None:
     await page.type_text("#input", text)
     await page.press_enter()
@@ -78,6 +111,16 @@ async def test_chat_in_a_real_browser(playground: Playground, tmp_path: Path) ->
         assert await page.evaluate(
             "document.querySelector('.msg.from-bot .offline-label') !== null"
         )
+
+        # Only what changed is drawn again: while the next answer streams in, the rows already
+        # shown stay the same nodes, and the chat header and composer are not rewritten.
+        assert await page.evaluate(WATCH_REDRAWS_JS) >= 2
+        await send(page, "and one more")
+        await page.wait_for(bot_text_js("You said: and one more"))
+        await page.wait_for(f"!({user_msg_js('and one more')}).querySelector('.reaction.live')")
+        redrawn = await page.evaluate("window.pgRedrawn()")
+        assert redrawn["outside"] == [] and redrawn["needless"] == [], redrawn
+        assert redrawn["kept"] == redrawn["shown"], redrawn
 
         # group: without the @mention nobody answers; with it the bot does.
         await page.click('.chat-tab[data-chat="group"]')

@@ -1,6 +1,10 @@
 // The playground page: two chats fed by the /api/feed websocket. Every item is a message the
 // simulator saw (the user's, pushed as an event; the bot's, created/replied/PATCHed through
 // the REST API); items are upserted by id, so a card that changes is just rendered again.
+// An "items" update touches only the rows it carries: a long chat with a card streaming into
+// it must not cost a pass over every message per update.
+// The page reaches the server with the token cookie set when it was opened from the printed
+// address (same-origin fetches and the websocket carry it); a refusal (403) says why in one line.
 "use strict";
 
 (function () {
@@ -8,6 +12,8 @@
   const state = {
     chat: "p2p",
     items: new Map(),   // id -> item
+    rows: new Map(),    // id -> its row in the open chat
+    timingsSig: null,   // what the timings panel shows, to redraw it only when it changes
     info: {},
     health: null,
     mention: true,
@@ -22,14 +28,40 @@
     state.ws = ws;
     setConn("connecting");
     ws.onopen = () => setConn("up");
-    ws.onclose = () => { setConn("down"); setTimeout(connect, 1000); };
+    ws.onclose = async () => {
+      setConn("down");
+      // Dropped (a full feed queue) or the playground restarting: reconnect for a snapshot.
+      // Refused (a new run, a new token): say so, since retrying cannot help.
+      const refused = await refusal();
+      if (refused) showNotice(refused, "error");
+      else setTimeout(connect, 1000);
+    };
     ws.onmessage = (ev) => {
       const msg = JSON.parse(ev.data);
       if (msg.type === "hello") onHello(msg.info);
-      else if (msg.type === "snapshot") { state.items.clear(); upsert(msg.items); }
-      else if (msg.type === "items") upsert(msg.items);
+      else if (msg.type === "snapshot") {
+        state.items = new Map(msg.items.map((i) => [i.id, i]));
+        renderAll();
+      } else if (msg.type === "items") upsert(msg.items);
       else if (msg.type === "health") onHealth(msg);
     };
+  }
+
+  // The reason the server refuses this page (its 403 line), or null.
+  async function refusal() {
+    try {
+      const resp = await fetch("/api/healthz");
+      return resp.status === 403 ? (await resp.text()).trim() : null;
+    } catch (err) {
+      return null;  // not answering at all: the playground is restarting or stopped
+    }
+  }
+
+  function showNotice(text, level) {
+    const notice = $("notice");
+    notice.hidden = false;
+    notice.textContent = text;
+    notice.className = `notice ${level || "info"}`;
   }
 
   function setConn(s) {
@@ -45,18 +77,14 @@
     mode.className = "mode " + (info.offline ? "offline" : info.credentials ? "real" : "missing");
     document.body.classList.toggle("offline", !!info.offline);
     $("attach").hidden = !(info.features && info.features.upload);
-    const notice = $("notice");
     if (info.notice) {
-      notice.hidden = false;
-      notice.textContent = info.notice.text;
-      notice.className = `notice ${info.notice.level || "info"}`;
+      showNotice(info.notice.text, info.notice.level);
     } else if (!info.offline && !info.credentials) {
-      notice.hidden = false;
-      notice.className = "notice error";
-      notice.textContent = "No Claude credentials found: answers will fail. Set ANTHROPIC_API_KEY " +
-        "(or log the claude CLI in), or restart with `feishu-bot playground --offline` for the demo.";
+      showNotice("No Claude credentials found: answers will fail. Set ANTHROPIC_API_KEY " +
+        "(or log the claude CLI in), or restart with `feishu-bot playground --offline` for the demo.",
+        "error");
     } else {
-      notice.hidden = true;
+      $("notice").hidden = true;
     }
     renderAll();
   }
@@ -67,9 +95,21 @@
     $("healthz").textContent = JSON.stringify(msg.healthz, null, 2);
   }
 
+  // Changed items: only their rows are (re)drawn, and the timings if the latest turn moved.
   function upsert(items) {
-    for (const item of items) state.items.set(item.id, item);
-    renderAll();
+    const box = $("messages");
+    const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+    let shown = false;
+    for (const item of items) {
+      state.items.set(item.id, item);
+      if (item.chat === state.chat) {
+        placeRow(box, item);
+        shown = true;
+      }
+    }
+    if (!shown) return;
+    if (atBottom) box.scrollTop = box.scrollHeight;
+    renderTimings(latestTurn(state.chat));
   }
 
   // -- rendering ------------------------------------------------------------------------------
@@ -80,28 +120,56 @@
       .sort((a, b) => a.created_at - b.created_at);
   }
 
+  // What a row's drawing depends on besides the item itself.
+  function rowSig(item) {
+    const i = state.info;
+    return JSON.stringify([i.offline, i.offline_label, i.bot_name, item]);
+  }
+
+  // Draws one item's row if it changed; a new row goes after the last one not newer than it
+  // (new messages are nearly always the newest, so this looks at one or two rows).
+  function placeRow(box, item) {
+    const sig = rowSig(item);
+    const old = state.rows.get(item.id);
+    if (old && old.dataset.sig === sig) return;
+    const row = renderItem(item);
+    row.dataset.sig = sig;
+    row.dataset.at = String(item.created_at);
+    state.rows.set(item.id, row);
+    if (old) {
+      old.replaceWith(row);
+      return;
+    }
+    let before = box.lastElementChild;
+    while (before && Number(before.dataset.at) > item.created_at) {
+      before = before.previousElementSibling;
+    }
+    if (before) before.after(row); else box.prepend(row);
+  }
+
+  // The latest turn: the latest message the bot worked on (commands get no reaction).
+  function latestTurn(chat) {
+    let latest = null;
+    let latestWorked = null;
+    for (const i of state.items.values()) {
+      if (i.chat !== chat || i.from !== "user") continue;
+      if (!latest || i.created_at >= latest.created_at) latest = i;
+      const worked = i.timings && i.timings.reaction != null;
+      if (worked && (!latestWorked || i.created_at >= latestWorked.created_at)) latestWorked = i;
+    }
+    return latestWorked || latest;
+  }
+
+  // The whole open chat: on a chat switch, a hello (the labels may change) and a snapshot.
   function renderAll() {
     const box = $("messages");
     const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
     const items = sortedItems(state.chat);
-    const existing = new Map([...box.children].map((n) => [n.dataset.id, n]));
     const wanted = new Set(items.map((i) => i.id));
-    for (const [id, node] of existing) if (!wanted.has(id)) node.remove();
-    let prev = null;
-    for (const item of items) {
-      let node = existing.get(item.id);
-      const sig = JSON.stringify(item) + JSON.stringify(state.info.offline);
-      if (!node || node.dataset.sig !== sig) {
-        const fresh = renderItem(item);
-        fresh.dataset.sig = sig;
-        if (node) node.replaceWith(fresh); else box.appendChild(fresh);
-        node = fresh;
-      }
-      if (prev ? node.previousElementSibling !== prev : box.firstElementChild !== node) {
-        if (prev) prev.after(node); else box.prepend(node);
-      }
-      prev = node;
+    for (const [id, row] of state.rows) {
+      if (!wanted.has(id)) { row.remove(); state.rows.delete(id); }
     }
+    for (const item of items) placeRow(box, item);
     if (atBottom) box.scrollTop = box.scrollHeight;
     for (const tab of document.querySelectorAll(".chat-tab")) {
       tab.setAttribute("aria-selected", String(tab.dataset.chat === state.chat));
@@ -113,9 +181,7 @@
       : ` — ${chatInfo.title || "private chat"}`;
     $("mention").hidden = state.chat !== "group";
     $("mention").setAttribute("aria-pressed", String(state.mention));
-    // The latest turn: the latest message the bot worked on (commands get no reaction).
-    const mine = items.filter((i) => i.from === "user");
-    renderTimings(mine.filter((i) => i.timings && i.timings.reaction != null).pop() || mine.pop());
+    renderTimings(latestTurn(state.chat));
   }
 
   function renderItem(item) {
@@ -220,6 +286,9 @@
   }
 
   function renderTimings(last) {
+    const sig = JSON.stringify(last ? [last.id, last.timings] : null);
+    if (sig === state.timingsSig) return;
+    state.timingsSig = sig;
     const dl = $("timings");
     dl.innerHTML = "";
     if (!last || !last.timings) {
@@ -264,9 +333,18 @@
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify(body),
     });
-    const data = await resp.json().catch(() => ({}));
-    if (!resp.ok) throw new Error(data.error || `HTTP ${resp.status}`);
-    return data;
+    if (!resp.ok) throw new Error(await failure(resp));
+    return resp.json();
+  }
+
+  // Why a request failed: the API's {"error"} or the guard's one-line 403 reason.
+  async function failure(resp) {
+    const text = (await resp.text().catch(() => "")).trim();
+    try {
+      return JSON.parse(text).error || `HTTP ${resp.status}`;
+    } catch (err) {
+      return text || `HTTP ${resp.status}`;
+    }
   }
 
   async function cardAction(messageId, value, tag, name, form) {
@@ -295,10 +373,7 @@
     form.append("mention", state.chat === "group" && state.mention ? "1" : "0");
     form.append("file", file, file.name);
     const resp = await fetch("/api/upload", { method: "POST", body: form });
-    if (!resp.ok) {
-      const data = await resp.json().catch(() => ({}));
-      toast(data.error || `upload failed (HTTP ${resp.status})`, "error");
-    }
+    if (!resp.ok) toast(`upload failed: ${await failure(resp)}`, "error");
   }
 
   function wire() {
