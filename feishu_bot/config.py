@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     CLAUDE_IDLE_TIMEOUT: float = Field(1800.0, gt=0)
     CLAUDE_MAX_PER_USER: int = Field(0, ge=0)
     CLAUDE_CONVERSATION_QUEUE_MAX: int = Field(5, ge=0)
+    CLAUDE_USER_QUEUE_MAX: int = Field(5, ge=0)
     CLAUDE_APPROVAL_TIMEOUT: float = Field(600.0, gt=0)
     CLAUDE_SHARED_WORKDIR: bool = False
 

@@ -89,11 +89,13 @@ class TurnCancelled(ClaudeError):
 class QueueFull(BotError):
     """Every slot is busy and the wait queue is full."""
 
-    def __init__(self, active: int, max_active: int, queued: int) -> None:
+    def __init__(self, active: int, max_active: int, queued: int, *, user_waiting: int = 0) -> None:
         super().__init__(f"busy: {active}/{max_active} running, {queued} queued")
         self.active = active
         self.max_active = max_active
         self.queued = queued
+        # Set when the sender's own waiting turns are the limit (CLAUDE_USER_QUEUE_MAX).
+        self.user_waiting = user_waiting
 
 
 class FeishuApiError(BotError):

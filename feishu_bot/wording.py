@@ -57,6 +57,12 @@ def describe_error(exc: BaseException, *, timeout_s: float = 0) -> tuple[str, st
     """(one short sentence for the user, journal status) for a failed turn."""
     if isinstance(exc, AttachmentError):
         return str(exc), "failed"
+    if isinstance(exc, QueueFull) and exc.user_waiting:
+        return (
+            f"You already have {exc.user_waiting} requests waiting. Please wait for them to "
+            "start (or /stop them) before sending more.",
+            "failed",
+        )
     if isinstance(exc, QueueFull):
         return (
             f"The bot is busy ({exc.active}/{exc.max_active} running, {exc.queued} queued). "

@@ -86,6 +86,7 @@ class Launcher:
             config.queue_max,
             per_conversation_max=config.conversation_queue_max,
             per_user_max=config.max_per_user,
+            user_queue_max=config.user_queue_max,
         )
         self._live: dict[str, CliSession] = {}  # conversation key -> its process
         self._retire: set[str] = set()  # close after the running turn (/new during a turn)

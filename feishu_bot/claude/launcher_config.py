@@ -29,6 +29,7 @@ class LauncherConfig:
     queue_max: int = 20
     conversation_queue_max: int = 5
     max_per_user: int = 0
+    user_queue_max: int = 0
     timeout: float = 600.0
     max_retries: int = 2
     retry_delay: float = 2.0
@@ -64,6 +65,7 @@ class LauncherConfig:
             "queue_max": settings.CLAUDE_QUEUE_MAX,
             "conversation_queue_max": settings.CLAUDE_CONVERSATION_QUEUE_MAX,
             "max_per_user": settings.CLAUDE_MAX_PER_USER,
+            "user_queue_max": settings.CLAUDE_USER_QUEUE_MAX,
             "timeout": settings.CLAUDE_TIMEOUT,
             "max_retries": settings.CLAUDE_MAX_RETRIES,
             "retry_delay": settings.CLAUDE_RETRY_DELAY,

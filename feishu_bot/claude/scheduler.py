@@ -8,15 +8,20 @@ becomes a running one without changing the sum (its conversation's next turn reu
 closing unit is counted until its owner reports it reaped (``closed``).
 
 Queueing rules:
-- Every turn that cannot start at once waits in ONE FIFO list of at most ``queue_max`` turns,
+- Every turn that cannot start at once waits in ONE list of at most ``queue_max`` turns,
   whether it waits for a slot, for the previous turn of its own conversation, or for its user's
   share (``per_user_max``). One conversation holds at most ``per_conversation_max`` waiting
-  turns. Beyond either limit ``reserve`` raises QueueFull at once.
-- When something frees, the oldest waiting turn whose conversation is not running and whose user
-  is under the per-user cap starts: in its conversation's idle unit if there is one, else in a
-  free slot, else the least recently used idle unit of another conversation is evicted (closed
-  through the callback it registered) and the turn starts when that unit is reaped. A running
-  unit is never evicted.
+  turns, one user at most ``user_queue_max`` (across all conversations). Beyond any limit
+  ``reserve`` raises QueueFull at once — and the limits are checked before anything is evicted
+  for the new turn, so a refused turn never costs another conversation its warm process.
+- Waiting turns are served round-robin across users: a user's k-th waiting turn comes after
+  every other user's (k-1)-th, so one user's backlog delays another user's first turn by at
+  most one turn per slot. Within a conversation the order of arrival is kept.
+- When something frees, the first waiting turn in that order whose conversation is not running
+  and whose user is under the per-user cap starts: in its conversation's idle unit if there is
+  one, else in a free slot, else the least recently used idle unit of another conversation is
+  evicted (closed through the callback it registered) and the turn starts when that unit is
+  reaped. A running unit is never evicted.
 
 What it does not do: spawn, close or signal anything itself (callbacks do), or know about
 sessions, retries or Feishu.
@@ -77,6 +82,7 @@ class Scheduler:
         *,
         per_conversation_max: int = 0,
         per_user_max: int = 0,
+        user_queue_max: int = 0,
     ) -> None:
         if max_live < 1:
             raise ValueError("max_live must be at least 1")
@@ -84,7 +90,10 @@ class Scheduler:
         self.queue_max = queue_max
         self.per_conversation_max = per_conversation_max
         self.per_user_max = per_user_max
+        self.user_queue_max = user_queue_max
         self._waiting: list[Ticket] = []
+        self._grants = 0
+        self._last_grant: dict[str, int] = {}  # user -> sequence number of their latest grant
         self._running: list[Ticket] = []
         self._idle: OrderedDict[str, CloseFn] = OrderedDict()
         self._closing = 0
@@ -99,22 +108,31 @@ class Scheduler:
         """
         ticket = Ticket(key, user, time.monotonic())
         self._waiting.append(ticket)
-        self._dispatch()
+        self._dispatch(evict=False)
         if ticket.granted:
             return ticket
         waiting_here = sum(1 for t in self._waiting if t.key == key)
+        waiting_user = sum(1 for t in self._waiting if user and t.user == user)
         over_total = len(self._waiting) > self.queue_max
         over_here = self.per_conversation_max and waiting_here > self.per_conversation_max
-        if over_total or over_here:
+        over_user = self.user_queue_max and waiting_user > self.user_queue_max
+        if over_total or over_here or over_user:
             self._waiting.remove(ticket)
             logger.warning(
-                "queue full: {}/{} running, {} queued ({} in this conversation)",
+                "queue full: {}/{} running, {} queued ({} in this conversation, {} of this user)",
                 len(self._running),
                 self.max_live,
                 len(self._waiting),
                 waiting_here - 1,
+                waiting_user - 1 if user else 0,
             )
-            raise QueueFull(len(self._running), self.max_live, len(self._waiting))
+            raise QueueFull(
+                len(self._running),
+                self.max_live,
+                len(self._waiting),
+                user_waiting=waiting_user - 1 if over_user and not over_total else 0,
+            )
+        self._dispatch()  # only now may an idle unit be evicted for it
         return ticket
 
     async def wait(self, ticket: Ticket, on_position: OnPosition | None = None) -> None:
@@ -127,7 +145,7 @@ class Scheduler:
             while not ticket.granted:
                 if ticket.released:
                     raise asyncio.CancelledError
-                position = self._waiting.index(ticket) + 1
+                position = self._order().index(ticket) + 1
                 if position != reported:
                     reported = position
                     if on_position is not None:
@@ -158,21 +176,10 @@ class Scheduler:
         self._dispatch()
 
     def queue_position(self, key: str) -> int | None:
-        for index, ticket in enumerate(self._waiting):
+        for index, ticket in enumerate(self._order()):
             if ticket.key == key:
                 return index + 1
         return None
-
-    def cancel_waiting(self, key: str) -> int:
-        """Drop every waiting ticket of one conversation (their waiters see CancelledError)."""
-        dropped = [t for t in self._waiting if t.key == key]
-        for ticket in dropped:
-            ticket.released = True
-            self._waiting.remove(ticket)
-            ticket.changed.set()
-        if dropped:
-            self._dispatch()
-        return len(dropped)
 
     # ------------------------------------------------------------------ idle units
     def is_idle(self, key: str) -> bool:
@@ -205,19 +212,39 @@ class Scheduler:
 
     def _grant(self, ticket: Ticket, *, reused: bool) -> None:
         self._waiting.remove(ticket)
+        self._grants += 1
+        self._last_grant[ticket.user] = self._grants
         ticket.granted = True
         ticket.reused = reused
         self._running.append(ticket)
         ticket.changed.set()
 
-    def _dispatch(self) -> None:
+    def _order(self) -> list[Ticket]:
+        """Waiting tickets in the order they are served: by round (a user's turns running now
+        plus those waiting ahead of it), then the user served longest ago, then arrival."""
+        rank: dict[str, int] = {}
+        for t in self._running:
+            rank[t.user] = rank.get(t.user, 0) + 1
+        keyed = []
+        for arrival, ticket in enumerate(self._waiting):
+            k = rank.get(ticket.user, 0)
+            rank[ticket.user] = k + 1
+            keyed.append((k, self._last_grant.get(ticket.user, -1), arrival, ticket))
+        keyed.sort(key=lambda item: item[:3])
+        return [item[3] for item in keyed]
+
+    def _dispatch(self, *, evict: bool = True) -> None:
         busy = {t.key for t in self._running}
         per_user: dict[str, int] = {}
         for t in self._running:
             per_user[t.user] = per_user.get(t.user, 0) + 1
+        # A conversation's later turns never pass its earlier ones, whatever the user order.
+        first_of: dict[str, Ticket] = {}
+        for ticket in self._waiting:
+            first_of.setdefault(ticket.key, ticket)
         need = 0
-        for ticket in list(self._waiting):
-            if ticket.key in busy:
+        for ticket in self._order():
+            if ticket.key in busy or first_of[ticket.key] is not ticket:
                 continue
             if self.per_user_max and ticket.user and per_user.get(ticket.user, 0) >= (
                 self.per_user_max
@@ -235,7 +262,7 @@ class Scheduler:
             busy.add(ticket.key)
             per_user[ticket.user] = per_user.get(ticket.user, 0) + 1
         # Close idle units of other conversations, oldest first, for turns that need a slot.
-        while need > self._closing and self._idle:
+        while evict and need > self._closing and self._idle:
             key, close = self._idle.popitem(last=False)
             self._closing += 1
             self._evictions += 1

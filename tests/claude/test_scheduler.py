@@ -150,17 +150,65 @@ async def test_queue_limits() -> None:
     assert s.stats().queued == 3
 
 
-async def test_cancel_waiting_wakes_the_waiters_with_cancellation() -> None:
-    s = Scheduler(1, 10)
-    s.reserve("h")
-    tickets = [s.reserve("x") for _ in range(2)]
-    waiters = [asyncio.create_task(s.wait(t)) for t in tickets]
+async def test_a_refused_turn_evicts_nothing() -> None:
+    """Regression (safe controls #7): an idle process was evicted for a message that the
+    queue limits then refused."""
+    s = Scheduler(2, 1)
+    log: list[str] = []
+    idle = s.reserve("idle")
+    s.release(idle, idle_close=Closer("idle", log))
+    s.reserve("busy")  # running: the cap is reached (busy + idle)
+    s.reserve("w1")  # waits (and takes the idle unit's slot by eviction)
     await settle()
-    assert s.cancel_waiting("x") == 2
-    for w in waiters:
-        with pytest.raises(asyncio.CancelledError):
-            await w
-    assert s.stats().queued == 0
+    assert log == ["idle"] and s.stats().evictions == 1
+    s2 = Scheduler(2, 0)
+    log2: list[str] = []
+    idle2 = s2.reserve("idle")
+    s2.release(idle2, idle_close=Closer("idle", log2))
+    s2.reserve("busy")
+    with pytest.raises(QueueFull):
+        s2.reserve("refused")  # the queue holds nothing: refused before any eviction
+    await settle()
+    assert log2 == [] and s2.stats().evictions == 0 and s2.is_idle("idle")
+
+
+async def test_user_queue_limit_counts_one_users_waiting_turns_everywhere() -> None:
+    s = Scheduler(1, 20, user_queue_max=2)
+    s.reserve("h", "ou_other")
+    s.reserve("t1", "ou_a")
+    s.reserve("t2", "ou_a")
+    with pytest.raises(QueueFull) as info:
+        s.reserve("t3", "ou_a")  # a third waiting turn of ou_a, in another conversation
+    assert info.value.user_waiting == 2
+    s.reserve("t4", "ou_b")  # another user is not affected
+    assert s.stats().queued == 3
+
+
+async def test_waiting_turns_are_served_round_robin_across_users() -> None:
+    """Regression (safe controls #5): 5 topics x 5 turns of one user delayed everyone."""
+    s = Scheduler(1, 50)
+    holder = s.reserve("h", "ou_x")
+    hog = [s.reserve(f"topic{n}", "ou_hog") for n in range(5) for _ in range(2)]
+    late = s.reserve("mine", "ou_late")
+    assert s.queue_position("mine") == 2  # after the hog's first turn, not its tenth
+    s.release(holder)
+    granted = [t for t in [*hog, late] if t.granted]
+    assert len(granted) == 1 and granted[0].user == "ou_hog"
+    assert s.queue_position("mine") == 1
+    s.release(granted[0])
+    assert late.granted
+
+
+async def test_round_robin_keeps_a_conversations_own_order() -> None:
+    s = Scheduler(1, 50)
+    holder = s.reserve("h", "ou_x")
+    first = s.reserve("group", "ou_a")
+    s.reserve("other", "ou_a")
+    second = s.reserve("group", "ou_b")  # ou_b's first turn, but behind ou_a's in its group
+    s.release(holder)
+    assert first.granted and not second.granted
+    s.release(first)
+    assert second.granted
 
 
 async def test_idle_unit_that_died_frees_its_slot_and_taken_units_count_until_closed() -> None:
