@@ -522,11 +522,18 @@ class SessionStore(HistoryMixin, GrantsMixin):
         return await self._write(body)
 
     async def claim_kept(
-        self, conversation_key: str, claimer_message_id: str, *, since: float
+        self,
+        conversation_key: str,
+        claimer_message_id: str,
+        *,
+        since: float,
+        sender_open_id: str | None = None,
     ) -> list[tuple[str, str]]:
         """Give the conversation's waiting attachments kept at or after `since` to the message
         `claimer_message_id`; return every (message_id, attachments JSON) it holds, oldest
-        first (including those it claimed before, so a replayed turn sees the same ones)."""
+        first (including those it claimed before, so a replayed turn sees the same ones).
+        With `sender_open_id`, only what that person sent is claimed (in a group, one member's
+        screenshot never goes with another member's question)."""
         now = self._clock()
         marker = "kept>" + claimer_message_id
 
@@ -536,8 +543,10 @@ class SessionStore(HistoryMixin, GrantsMixin):
             await conn.execute(
                 "UPDATE turns SET error = ?, updated_at = ? WHERE conversation_key = ?"
                 " AND error = 'kept' AND created_at >= ? AND id < COALESCE("
-                "(SELECT id FROM turns WHERE message_id = ?), 9223372036854775807)",
-                (marker, now, conversation_key, since, claimer_message_id),
+                "(SELECT id FROM turns WHERE message_id = ?), 9223372036854775807)"
+                " AND (? IS NULL OR sender_open_id = ?)",
+                (marker, now, conversation_key, since, claimer_message_id,
+                 sender_open_id, sender_open_id),
             )
             rows = await conn.execute_fetchall(
                 "SELECT message_id, attachments FROM turns WHERE conversation_key = ?"

@@ -179,7 +179,9 @@ async def prepare_turn_input(
     """
     media = media or media_client(ctx)
     since = (msg.create_time_ms / 1000 if msg.create_time_ms else time.time()) - KEEP_WINDOW_S
-    claimed = await ctx.store.claim_kept(msg.conversation_key, msg.message_id, since=since)
+    claimed = await ctx.store.claim_kept(
+        msg.conversation_key, msg.message_id, since=since, sender_open_id=msg.sender_open_id
+    )
     sources: list[tuple[str, Attachment, bool]] = [
         (mid, att, True) for mid, raw in claimed for att in attachments_from_json(raw)
     ]

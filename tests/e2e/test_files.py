@@ -70,6 +70,31 @@ async def test_screenshot_then_question_reaches_the_model_byte_identical(
     assert images_in(anthropic.message_requests[-1]) == []
 
 
+async def test_in_a_group_a_kept_image_goes_only_with_its_senders_question(
+    sim: FeishuSimulator, anthropic: FakeAnthropic, start_bot: StartBot, tmp_path: Path
+) -> None:
+    """Regression (safe controls #9): a screenshot kept in a group went with whoever spoke
+    next. Kept attachments belong to their sender."""
+    await start(start_bot, tmp_path)
+    shot = sample_png(40, 30, seed=5)
+    group = {"chat_type": "group", "chat_id": "oc_team"}
+    post = await sim.media.push_post([shot], mention_bot=True, sender_open_id="ou_alice", **group)
+    await kept(sim, post)
+    other = await sim.push_message(
+        text="@ClaudeBot what time is it?", mention_bot=True, sender_open_id="ou_bob", **group
+    )
+    await final_text(sim, other, contains="echo:")
+    assert images_in(anthropic.message_requests[-1]) == []  # not Bob's
+    mine = await sim.push_message(
+        text="@ClaudeBot what is in my screenshot?",
+        mention_bot=True,
+        sender_open_id="ou_alice",
+        **group,
+    )
+    await final_text(sim, mine, contains="echo:")
+    assert images_in(anthropic.message_requests[-1]) == [("image/png", shot)]
+
+
 async def test_post_with_text_and_two_images(
     sim: FeishuSimulator, anthropic: FakeAnthropic, start_bot: StartBot, tmp_path: Path
 ) -> None:
