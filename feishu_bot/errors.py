@@ -12,6 +12,7 @@ __all__ = [
     "CliNotFound",
     "ConfigError",
     "FeishuApiError",
+    "JournalError",
     "PermanentCliError",
     "QueueFull",
     "StaleSession",
@@ -84,6 +85,11 @@ class TurnTimeout(ClaudeError):
 
 class TurnCancelled(ClaudeError):
     """The turn was stopped by /stop or by shutdown."""
+
+
+class JournalError(BotError):
+    """The turn journal could not record a turn's progress, so the turn was stopped rather
+    than risk running it again after a crash."""
 
 
 class QueueFull(BotError):

@@ -7,6 +7,7 @@ from feishu_bot.errors import (
     ClaudeError,
     CliNotFound,
     FeishuApiError,
+    JournalError,
     PermanentCliError,
     QueueFull,
     StaleSession,
@@ -57,6 +58,12 @@ def describe_error(exc: BaseException, *, timeout_s: float = 0) -> tuple[str, st
     """(one short sentence for the user, journal status) for a failed turn."""
     if isinstance(exc, AttachmentError):
         return str(exc), "failed"
+    if isinstance(exc, JournalError):
+        return (
+            "The bot could not record that your request started (its database failed), so it "
+            "stopped it rather than risk running it twice. Please send it again.",
+            "failed",
+        )
     if isinstance(exc, QueueFull) and exc.user_waiting:
         return (
             f"You already have {exc.user_waiting} requests waiting. Please wait for them to "

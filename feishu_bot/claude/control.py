@@ -67,6 +67,8 @@ class TurnAttempt:
     side_effects: list[str] = field(default_factory=list)
     assistant_uuid: str | None = None
     first_text_s: float | None = None
+    # This turn's own cost: the CLI reports the process's running total (FACTS, "Cost").
+    cost_usd: float = 0.0
 
 
 class TurnState:

@@ -59,7 +59,7 @@ def turn_result(
         is_error=False,
         subtype=result.subtype,
         errors=result.errors,
-        cost_usd=result.cost_usd,
+        cost_usd=round(att.cost_usd, 6),
         duration_ms=result.duration_ms,
         num_turns=result.num_turns,
         attempts=attempts,

@@ -101,6 +101,11 @@ class CliSession(ControlChannel):
         self._write_lock = asyncio.Lock()
         self._closing = False
         self._early: list[dict[str, Any]] = []
+        # total_cost_usd of a warm process is its running total: each result's own cost is
+        # the difference from the previous result, whichever turn (ours or one the CLI began
+        # by itself between ours, whose cost goes to our next turn) printed it.
+        self._cost_total = 0.0
+        self._unclaimed_cost = 0.0
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -322,8 +327,18 @@ class CliSession(ControlChannel):
         if turn is None:
             if self.turns_done == 0 and len(self._early) < 100:
                 self._early.append(obj)  # e.g. a stale --resume's result, printed at start
+            elif kind == "result":
+                self._unclaimed_cost += self._result_cost(obj)
             return
         await self._consume(turn, obj)
+
+    def _result_cost(self, obj: dict[str, Any]) -> float:
+        total = obj.get("total_cost_usd")
+        if not isinstance(total, int | float) or isinstance(total, bool):
+            return 0.0
+        delta = max(0.0, float(total) - self._cost_total)
+        self._cost_total = float(total)
+        return delta
 
     async def _consume(self, turn: TurnState, obj: dict[str, Any]) -> None:
         kind = obj.get("type")
@@ -339,6 +354,8 @@ class CliSession(ControlChannel):
                 except Exception:
                     logger.exception("turn event callback failed")
         if kind == "result" and not turn.done.done():
+            turn.attempt.cost_usd = self._result_cost(obj) + self._unclaimed_cost
+            self._unclaimed_cost = 0.0
             turn.done.set_result(None)
 
     def _observe(self, turn: TurnState, obj: dict[str, Any]) -> None:

@@ -6,6 +6,7 @@ and tells the user.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from feishu_bot.conversations import default_workdir
+from feishu_bot.errors import JournalError
 from feishu_bot.events import (
     ClaudeEvent,
     InboundMessage,
@@ -91,6 +93,8 @@ async def run_chat_turn(
 
     seen_output = False
     accepted_at = time.monotonic()
+    journal_error: list[Exception] = []
+    run: asyncio.Future[TurnResult] | None = None
 
     async def on_event(event: ClaudeEvent) -> None:
         nonlocal seen_output
@@ -99,21 +103,39 @@ async def run_chat_turn(
             ctx.metrics.turn_started(time.monotonic() - accepted_at)
             if on_first_event is not None:
                 on_first_event(event)
-            await ctx.store.update_turn(turn_id, status="running")
+            try:
+                await ctx.store.update_turn(turn_id, status="running")
+            except Exception as exc:
+                # Unjournaled, a crash now would run this turn again after the restart (its
+                # tools twice): stop it instead.
+                logger.error("turn {}: could not journal 'running' ({!r}); stopped", turn_id, exc)
+                journal_error.append(exc)
+                if run is not None:
+                    run.cancel()
+                return
         if event.kind == "text":
             # lazily: reading the whole text on every delta would make streaming quadratic
             await stream.update(lambda event=event: event.text)
 
     await stream.started()
     try:
-        result = await ctx.launcher.run(
-            request,
-            on_event=on_event,
-            on_queued=stream.queued,
-            ask_permission=_permission_for(ctx, msg, turn_id, stream),
-            mcp=_mcp_for(ctx, msg, workdir),
-            ticket=ticket,
+        run = asyncio.ensure_future(
+            ctx.launcher.run(
+                request,
+                on_event=on_event,
+                on_queued=stream.queued,
+                ask_permission=_permission_for(ctx, msg, turn_id, stream),
+                mcp=_mcp_for(ctx, msg, workdir),
+                ticket=ticket,
+            )
         )
+        try:
+            result = await run
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if journal_error and not (task is not None and task.cancelling()):
+                raise JournalError(str(journal_error[0])) from journal_error[0]
+            raise
     finally:
         if cleanup is not None:
             done = cleanup()

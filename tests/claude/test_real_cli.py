@@ -365,3 +365,19 @@ async def test_retry_after_a_kill_mid_command_does_not_run_the_command_again(
     assert launcher.stats().retried == 0
     for leftover in processes_under(marker):  # orphaned by the SIGKILL (containment's part)
         leftover.kill()
+
+
+async def test_a_warm_turn_costs_its_own_share_not_the_processes_running_total(
+    real_launcher, api: FakeAnthropic, workdir: Path, home: Path
+) -> None:
+    """Regression (safe controls #16): total_cost_usd of a warm process is its running total,
+    so the second of two equal turns was recorded at about twice the first."""
+    launcher = real_launcher()
+    first = await launcher.run(request(workdir, "same size question one"))
+    second = await launcher.run(
+        request(workdir, "same size question two", session_id=first.session_id)
+    )
+    assert len(cli_pids(home)) == 1  # one warm process for both
+    assert first.cost_usd > 0 and second.cost_usd > 0
+    # the second request carries the first exchange, so it costs a bit more, never double
+    assert second.cost_usd < 1.6 * first.cost_usd

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from feishu_bot.simulator import FeishuSimulator
 from tests.e2e.conftest import StartBot, eventually, final_text, shown_text
-from tests.fakes.fake_anthropic import FakeAnthropic
+from tests.fakes.fake_anthropic import FakeAnthropic, Reply
 
 
 async def test_acks_stay_fast_while_5_turns_run_and_20_wait(
@@ -97,3 +99,34 @@ async def test_secrets_never_reach_the_logs(
     secrets = [sim.options.app_secret, *tokens, *tickets]
     for secret in secrets:
         assert secret not in logs, f"secret leaked into logs: {secret[:4]}…"
+
+
+async def test_a_failed_running_journal_write_stops_the_turn(
+    sim: FeishuSimulator,
+    anthropic: FakeAnthropic,
+    start_bot: StartBot,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Regression (safe controls #15): a failed journal write of 'running' was swallowed, so
+    after a crash the turn would run again (its tools twice). The turn is stopped instead,
+    before its tool runs, and the user is told."""
+    from database.store import SessionStore
+    from tests.fakes.fake_anthropic import ToolUse
+
+    real_update = SessionStore.update_turn
+
+    async def failing_update(self: SessionStore, turn_id: int, **fields: object) -> object:
+        if fields.get("status") == "running":
+            raise OSError("disk I/O error")
+        return await real_update(self, turn_id, **fields)
+
+    monkeypatch.setattr(SessionStore, "update_turn", failing_update)
+    marker = tmp_path / "workspace" / "ran.txt"
+    anthropic.enqueue(ToolUse("Bash", {"command": f"touch {marker}"}, delay=1.0), Reply("done"))
+    bot = await start_bot(CLAUDE_SHARED_WORKDIR=True, CLAUDE_ALLOWED_TOOLS="Bash")
+    mid = await sim.push_message(text="make a file")
+    text = await final_text(sim, mid, contains="could not record")
+    assert "send it again" in text
+    assert not marker.exists()
+    assert "could not journal 'running'" in bot.log_text()
