@@ -46,6 +46,7 @@ class ClaudeError(BotError):
         result_errors: tuple[str, ...] = (),
         attempts: int = 1,
         partial_text: str = "",
+        history_cut: bool = False,
     ) -> None:
         super().__init__(message or self.__class__.__name__)
         self.exit_code = exit_code
@@ -53,6 +54,9 @@ class ClaudeError(BotError):
         self.result_errors = result_errors
         self.attempts = attempts
         self.partial_text = partial_text
+        # The failed request was left out of the conversation: the next message continues
+        # from Claude's last good answer.
+        self.history_cut = history_cut
 
 
 class CliNotFound(ClaudeError):

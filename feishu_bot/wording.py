@@ -54,8 +54,21 @@ def bounded(text: str, limit: int = 80) -> str:
     return clean if len(clean) <= limit else clean[: limit - 1] + "…"
 
 
+HISTORY_CUT = (
+    "This request was left out of the conversation: your next message continues from "
+    "Claude's last answer."
+)
+
+
 def describe_error(exc: BaseException, *, timeout_s: float = 0) -> tuple[str, str]:
     """(one short sentence for the user, journal status) for a failed turn."""
+    text, status = _describe(exc, timeout_s)
+    if isinstance(exc, ClaudeError) and exc.history_cut:
+        text = f"{text} {HISTORY_CUT}"
+    return text, status
+
+
+def _describe(exc: BaseException, timeout_s: float) -> tuple[str, str]:
     if isinstance(exc, AttachmentError):
         return str(exc), "failed"
     if isinstance(exc, JournalError):

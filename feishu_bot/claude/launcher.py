@@ -35,7 +35,7 @@ from feishu_bot.claude.launcher_config import (
     RunningTurn,
     SessionBinding,
 )
-from feishu_bot.claude.outcome import cli_argv, turn_error, turn_result
+from feishu_bot.claude.outcome import api_failure, cli_argv, turn_error, turn_result
 from feishu_bot.claude.policy import Action, ResumePoint, backoff, decide
 from feishu_bot.claude.process import child_env
 from feishu_bot.claude.protocol import Outcome, classify
@@ -43,6 +43,7 @@ from feishu_bot.claude.scheduler import Scheduler, Ticket
 from feishu_bot.claude.session import CliSession, TurnAttempt, user_message
 from feishu_bot.claude.transcripts import discard_transcript
 from feishu_bot.errors import (
+    ClaudeError,
     CliNotFound,
     PermanentCliError,
     QueueFull,
@@ -369,15 +370,22 @@ class Launcher:
                     saved[0] = None
                     continue
                 if step.action is Action.GIVE_UP:
-                    if verdict.outcome is Outcome.TRANSIENT and not att.side_effects:
+                    cut = not att.side_effects and (
+                        verdict.outcome is Outcome.TRANSIENT or api_failure(att.parser.result)
+                    )
+                    if cut:
                         # The CLI keeps a failed turn in its history (merged into the next
-                        # message): retire this process, and let the next turn resume from
-                        # before it.
+                        # message), a permanent API error's too: retire this process, and let
+                        # the next turn resume from before it. A turn whose tools ran keeps
+                        # its history (Claude must know what ran).
                         point = spawned_from if fresh else ResumePoint(before[0], before[1])
                         if point.session_id is None or point.at_uuid or fresh:
                             self._cut[key] = (saved[0], point)
                         self._retire.add(key)
-                    raise turn_error(verdict.reason, att, attempts, step.reason)
+                    error = turn_error(verdict.reason, att, attempts, step.reason)
+                    if isinstance(error, ClaudeError):
+                        error.history_cut = cut and bool(saved[0])
+                    raise error
                 self._n["retried"] += 1
                 delay = backoff(self._cfg.retry_delay, attempts - stale_reset)
                 logger.warning("retrying in {:.2f}s ({})", delay, step.action.value)

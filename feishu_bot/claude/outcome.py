@@ -9,11 +9,11 @@ from typing import Any
 from feishu_bot.claude.control import TurnAttempt
 from feishu_bot.claude.launcher_config import LauncherConfig
 from feishu_bot.claude.policy import ResumePoint
-from feishu_bot.claude.protocol import Outcome, classify
+from feishu_bot.claude.protocol import Outcome, ResultInfo, classify
 from feishu_bot.errors import PermanentCliError, TransientCliError
 from feishu_bot.events import TurnResult
 
-__all__ = ["cli_argv", "turn_error", "turn_result"]
+__all__ = ["api_failure", "cli_argv", "turn_error", "turn_result"]
 
 
 def cli_argv(
@@ -95,3 +95,10 @@ def turn_error(reason: str, att: TurnAttempt, attempts: int, why: str) -> Except
         effects = tuple(dict.fromkeys(att.side_effects)) if why == "side effects" else ()
         return TransientCliError(reason, side_effects=effects, **details)
     return PermanentCliError(reason, **details)
+
+
+def api_failure(result: ResultInfo | None) -> bool:
+    """The attempt ended with an error answer of the Anthropic API (any status)."""
+    return result is not None and result.is_error and (
+        result.api_error_status is not None or result.terminal_reason == "api_error"
+    )

@@ -251,6 +251,7 @@ def test_config_from_settings() -> None:
         permission_mode="plan",
         allowed_tools=("Bash", "Edit"),
         model=None,
+        user_queue_max=5,  # CLAUDE_USER_QUEUE_MAX's default
         env_drop=tuple(Settings.model_fields),
     )
     # the bot's own settings and secrets are kept from the child (hardening #7)

@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from feishu_bot.claude.launcher import Launcher, LauncherConfig
-from feishu_bot.errors import TransientCliError, TurnTimeout
+from feishu_bot.errors import PermanentCliError, TransientCliError, TurnTimeout
 from tests.claude.support import EventRecorder, MemoryBinding, alive_pids, poll_until, request
 from tests.fakes.claude_env import REAL_CLAUDE_BIN, claude_env_overrides
 from tests.fakes.fake_anthropic import ApiError, FakeAnthropic, Hang, Reply, ToolUse
@@ -381,3 +381,25 @@ async def test_a_warm_turn_costs_its_own_share_not_the_processes_running_total(
     assert first.cost_usd > 0 and second.cost_usd > 0
     # the second request carries the first exchange, so it costs a bit more, never double
     assert second.cost_usd < 1.6 * first.cost_usd
+
+
+async def test_a_permanent_api_error_does_not_poison_the_conversation(
+    real_launcher, api: FakeAnthropic, workdir: Path, home: Path, binding: MemoryBinding
+) -> None:
+    """Regression (safe controls #12): after a 400 (not retried) the failed prompt stayed in
+    the history and was merged into every later message. The next turn starts from the last
+    good answer, and the error says so."""
+    launcher = real_launcher()
+    first = await launcher.run(request(workdir, "one"))
+    normal = api.default
+    # Measured on 2.1.329: the CLI itself sends a 400-refused request 6 times before it gives up.
+    api.default = ApiError(400, "invalid_request_error", "bad request")
+    with pytest.raises(PermanentCliError) as info:
+        await launcher.run(request(workdir, "poison", session_id=first.session_id))
+    assert info.value.history_cut and info.value.attempts == 1
+    api.default = normal
+    third = await launcher.run(
+        request(workdir, "three", session_id=binding.sessions.get("p2p:c1"))
+    )
+    assert third.text == "echo: three"
+    assert api.message_requests[-1].user_texts == ["one", "three"]
