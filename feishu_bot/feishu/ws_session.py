@@ -504,7 +504,15 @@ def load_sdk() -> LeanSdk:
     global _sdk
     with _sdk_lock:
         if _sdk is None:
+            started = time.perf_counter()
             _sdk = _load_sdk()
+            # Once per process: the version in use, and what the load cost the start-up.
+            logger.info(
+                "lark_oapi {} loaded in {:.2f}s ({} of its modules)",
+                _sdk.version,
+                time.perf_counter() - started,
+                sum(1 for name in sys.modules if name.partition(".")[0] == "lark_oapi"),
+            )
         return _sdk
 
 
