@@ -212,13 +212,15 @@ def start_breakdown(bot: BotProcess, connected: float) -> str:
             lark = f"lark_oapi load {float(loaded[1]):.2f} s ({loaded[2]} modules), "
     if set(marks) != {"starting", "identity"}:
         return "start → connected breakdown: log lines not found"
+    entry = marks["starting"]
+    app = marks["identity"] - entry
+    gateway = connected - marks["identity"]
     return (
-        f'start → connected breakdown: spawn → "starting" (interpreter, entry point,'
-        f" settings) {marks['starting']:.2f} s; → bot identity (the app's imports, store,"
-        f" health server, one REST call) {marks['identity'] - marks['starting']:.2f} s;"
-        f" → connected {connected - marks['identity']:.2f} s (of which {lark}the rest thread"
-        f" start, discovery and the websocket handshake); the bot's CPU time at healthy"
-        f" {bot.cpu_at_healthy:.2f} s"
+        f'start → connected breakdown, the last start: spawn → "starting" (interpreter, entry'
+        f" point, settings) {entry:.2f} s; → bot identity (the app's imports, store, health"
+        f" server, one REST call) {app:.2f} s; → connected {gateway:.2f} s (of which {lark}the"
+        f" rest thread start, discovery and the websocket handshake); the bot's CPU time at"
+        f" healthy {bot.cpu_at_healthy:.2f} s"
     )
 
 
@@ -261,7 +263,23 @@ class BotBench:
         )
 
 
-async def bench_idle_and_overhead(b: BotBench, bot: BotProcess, samples: int) -> None:
+async def extra_starts(b: BotBench, count: int) -> list[float]:
+    """Start → connected of `count` more bots, one after the other (each stopped before the
+    next), so the row is a median and not one sample on a shared machine."""
+    connected = []
+    for i in range(count):
+        bot = b.bot(f"bot_start_{i}")
+        await bot.start()
+        try:
+            connected.append(start_to_connected(b.sim, bot))
+        finally:
+            await bot.stop()
+    return connected
+
+
+async def bench_idle_and_overhead(
+    b: BotBench, bot: BotProcess, samples: int, starts: list[float]
+) -> None:
     report = b.report
     rss_idle = await idle_rss(bot)
     uss_idle = bot.uss()
@@ -272,11 +290,14 @@ async def bench_idle_and_overhead(b: BotBench, bot: BotProcess, samples: int) ->
         rss_idle <= 100 * MB,
     )
     connected = start_to_connected(b.sim, bot)
+    starts = [*starts, connected]
+    median = statistics.median(starts)
     report.add(
-        "bot start → connected: spawn to the simulator accepting its websocket",
-        f"{connected:.2f} s",
+        "bot start → connected: spawn to the simulator accepting its websocket"
+        f" (median of {len(starts)} starts)",
+        f"{median:.2f} s ({min(starts):.2f}–{max(starts):.2f} s)",
         "≤ 1.5 s",
-        connected <= 1.5,
+        median <= 1.5,
     )
     report.note(start_breakdown(bot, connected))
     report.add("bot start-up: spawn to /healthz healthy", f"{bot.startup_s:.2f} s")
@@ -570,12 +591,13 @@ async def bench_bot(
         b.env = claude_env(api.base_url, tmp / "home")
         b.workdir.mkdir(parents=True, exist_ok=True)
         if sections & {"overhead", "makespan"}:
+            starts = await extra_starts(b, args.starts - 1) if "overhead" in sections else []
             bot = b.bot("bot_main", CLAUDE_QUEUE_MAX=60, SHUTDOWN_GRACE=20)
             await bot.start()
             report.note(f"bot healthy {bot.startup_s:.1f} s after spawn")
             try:
                 if "overhead" in sections:
-                    await bench_idle_and_overhead(b, bot, args.samples)
+                    await bench_idle_and_overhead(b, bot, args.samples, starts)
                 if "makespan" in sections:
                     await bench_makespan(b, bot)
                 rss_after = await idle_rss(bot, 1.0)
@@ -747,6 +769,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
     parser.add_argument("--samples", type=int, default=20, help="overhead samples of each kind")
+    parser.add_argument(
+        "--starts", type=int, default=5, help="bot starts for the start → connected row"
+    )
     parser.add_argument("--cap", type=int, default=5, help="CLAUDE_MAX_CONCURRENT of the bot")
     parser.add_argument("--probes", type=int, default=200, help="events for the ack rows")
     parser.add_argument("--conversations", type=int, default=100_000, help="store rows")
