@@ -543,8 +543,18 @@ async def bench_acks(b: BotBench, probes: int) -> None:
         load = os.getloadavg()[0]
         after = await bot.healthz()
         b.load_rss["acks"] = (stats.max_rss, bot.uss())
-        await wait_finals(sim, probe_ids, 120)
-        busy = sum("busy" in sim.message_text(m) for m in finals(sim, set(probe_ids)).values())
+        # A refusal as busy is a text reply (Conversations.admit), not a card: wait for any
+        # reply to each probe rather than for a final card.
+        wanted = set(probe_ids)
+        replies = await sim.wait_for(
+            lambda: (
+                (got := {m.reply_to: m for m in sim.messages if m.reply_to in wanted})
+                and len(got) == len(wanted)
+                and got
+            ),
+            120,
+        )
+        busy = sum("busy" in sim.message_text(m) for m in replies.values())
     finally:
         stop.set()
         await sampler
