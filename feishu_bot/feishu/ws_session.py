@@ -55,7 +55,10 @@ from loguru import logger
 
 __all__ = [
     "CARD_ACTION_TRIGGER",
+    "CLIENT_METHODS",
     "DISCOVERY_TIMEOUT_S",
+    "DISPATCHER_MODULE",
+    "SDK_MODULES",
     "SDK_VERSION",
     "LeanSdk",
     "SdkLayoutError",
@@ -350,7 +353,7 @@ def _client_class(sdk: LeanSdk) -> type:
     global _CLIENT_CLASS
     if _CLIENT_CLASS is None:
 
-        class _SupervisedClient(sdk.client_class):  # type: ignore[name-defined,misc]
+        class _SupervisedClient(sdk.client_class):  # type: ignore[misc]  # a base known at run time
             _session: WsSession
 
             async def _connect(self) -> None:
@@ -607,7 +610,8 @@ def _package_without_init(name: str) -> ModuleType:
 def _standing_in(name: str, **attrs: Any) -> Iterator[None]:
     """A module `name` with `attrs` in ``sys.modules`` while the body runs, unless the real
     one is loaded already. Removed afterwards, so that a later import of `name` gets the
-    real module rather than the stand-in."""
+    real module rather than the stand-in. Another thread importing `name` meanwhile would get
+    the stand-in: the bot imports lark_oapi nowhere else."""
     if name in sys.modules:
         yield
         return
