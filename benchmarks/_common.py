@@ -92,6 +92,8 @@ class BotProcess:
         self.proc: asyncio.subprocess.Process | None = None
         self.ps: psutil.Process | None = None
         self.startup_s = math.nan
+        self.spawned_at = math.nan  # time.time() at spawn: the simulator's records are wall clock
+        self.cpu_at_healthy = math.nan  # its own CPU seconds then: start-up work without waits
         self.exit_code: int | None = None
         self.leftovers: list[int] = []  # children still alive after the bot exited (a bug)
         self._http: aiohttp.ClientSession | None = None
@@ -123,6 +125,7 @@ class BotProcess:
         self._log = self.log_path.open("ab")
         self._http = aiohttp.ClientSession()
         started = time.perf_counter()
+        self.spawned_at = time.time()
         self.proc = await asyncio.create_subprocess_exec(
             *self._command,
             stdin=asyncio.subprocess.DEVNULL,
@@ -138,6 +141,7 @@ class BotProcess:
             await self.stop(timeout=10)
             raise
         self.startup_s = time.perf_counter() - started
+        self.cpu_at_healthy = self.cpu()[0]
 
     async def _wait_healthy(self, timeout: float) -> None:
         assert self.proc is not None

@@ -180,7 +180,7 @@ class FeishuGateway:
 
         Raises GatewayError when Feishu refuses the credentials (fatal discovery code), when
         the SDK thread dies, or when no connection is made within `timeout` seconds (the first
-        start in a process includes importing lark_oapi, ~5 s on a small machine). The gateway
+        start in a process includes loading lark_oapi, ~0.3-0.5 s on a small machine). The gateway
         is stopped again before the error propagates.
         """
         if self._started:
