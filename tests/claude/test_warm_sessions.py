@@ -109,7 +109,9 @@ async def test_timeout_interrupts_and_keeps_the_process_warm(
 async def test_process_deaf_to_the_interrupt_is_killed_after_the_grace(
     make_launcher, workdir: Path, fake_log: FakeClaudeLog
 ) -> None:
-    launcher = make_launcher(mode="hang_deaf", timeout=0.3, interrupt_grace=0.5)
+    # The timeout also bounds the fresh process's turn at the end (a cold start of the fake
+    # CLI): long enough for a loaded 2-core machine.
+    launcher = make_launcher(mode="hang_deaf", timeout=3.0, interrupt_grace=0.5)
     with pytest.raises(TurnTimeout):
         await launcher.run(request(workdir, "deaf"))
     pid = turn_pids(fake_log)[0]
