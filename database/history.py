@@ -72,6 +72,17 @@ class HistoryMixin:
 
     # -- a turn's reaction and card ------------------------------------------------------
 
+    async def latest_finished_turn(self, conversation_key: str) -> int | None:
+        """The id of the conversation's newest turn that has ended (whatever its outcome),
+        or None: the card whose New session button still counts."""
+        rows = await self._fetchall(
+            "SELECT MAX(id) FROM turns WHERE conversation_key = ? AND status IN"
+            f" ('done', 'failed', 'cancelled', 'interrupted') AND {_REAL_TURN}",
+            (conversation_key,),
+        )
+        value = rows[0][0] if rows else None
+        return int(value) if value is not None else None
+
     async def set_turn_ui(
         self,
         turn_id: int,

@@ -156,6 +156,17 @@ class ApprovalBroker:
                 count += 1
         return count
 
+    def stop_turn(self, conversation_key: str, turn_id: int) -> int:
+        """Settle the waiting requests of one turn as stopped (its card's Stop button)."""
+        count = 0
+        for pending in list(self._pending.values()):
+            if (pending.conversation_key, pending.turn_id) == (conversation_key, turn_id) and (
+                pending.outcome is None
+            ):
+                pending.settle("stop", "")
+                count += 1
+        return count
+
     # -- the click's side --------------------------------------------------------------------
 
     def answer(self, value: ButtonValue, operator_open_id: str) -> tuple[str, str]:

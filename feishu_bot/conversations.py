@@ -127,7 +127,7 @@ class Conversations:
     def _start(
         self, msg: InboundMessage, turn_id: int, ticket: Ticket, card: str | None = None
     ) -> None:
-        handle = self.ctx.turns.admit(msg.conversation_key, msg.message_id)
+        handle = self.ctx.turns.admit(msg.conversation_key, msg.message_id, turn_id)
         self.ctx.turns.start(handle, self._turn(msg, handle, turn_id, ticket, card))
 
     async def _reply(self, msg: InboundMessage, text: str) -> None:
@@ -145,6 +145,18 @@ class Conversations:
         if broker is not None:
             broker.stop_conversation(key)
         return self.ctx.turns.cancel_conversation(key, "stop")
+
+    def stop_turn(self, key: str, turn_id: int) -> bool:
+        """Stop one turn (the Stop button of its card): a queued one leaves the queue, the
+        running one is interrupted (its waiting approval settled first); the conversation's
+        other turns go on. False when that turn is not waiting or running any more."""
+        handle = self.ctx.turns.handle_of(key, turn_id)
+        if handle is None:
+            return False
+        broker = self.ctx.approvals
+        if broker is not None:
+            broker.stop_turn(key, turn_id)
+        return self.ctx.turns.cancel_turn(handle, "stop")
 
     # ------------------------------------------------------------------ one turn
     def _new_stream(self, message_id: str, in_thread: bool, key: str, turn_id: int) -> Any:

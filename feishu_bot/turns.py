@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["TurnHandle", "TurnRegistry"]
@@ -22,10 +22,10 @@ class TurnHandle:
 
     conversation_key: str
     message_id: str
+    turn_id: int | None = None
     task: asyncio.Task[Any] | None = None
     cancel_reason: str | None = None
     running: bool = False
-    started_at: float = field(default=0.0)
 
 
 class TurnRegistry:
@@ -35,9 +35,11 @@ class TurnRegistry:
         self._handles: dict[str, list[TurnHandle]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    def admit(self, conversation_key: str, message_id: str) -> TurnHandle:
+    def admit(
+        self, conversation_key: str, message_id: str, turn_id: int | None = None
+    ) -> TurnHandle:
         """Register a turn of a conversation (synchronous)."""
-        handle = TurnHandle(conversation_key, message_id)
+        handle = TurnHandle(conversation_key, message_id, turn_id)
         self._handles.setdefault(conversation_key, []).append(handle)
         return handle
 
@@ -80,6 +82,20 @@ class TurnRegistry:
                 handle.task.cancel()
                 count += 1
         return count
+
+    def handle_of(self, conversation_key: str, turn_id: int) -> TurnHandle | None:
+        """The live handle of one journaled turn, or None when it is not waiting or running."""
+        return next(
+            (h for h in self._handles.get(conversation_key, []) if h.turn_id == turn_id), None
+        )
+
+    def cancel_turn(self, handle: TurnHandle, reason: str) -> bool:
+        """Cancel one turn (its Stop button); False if it is already ending."""
+        if handle.cancel_reason is not None or handle.task is None or handle.task.done():
+            return False
+        handle.cancel_reason = reason
+        handle.task.cancel()
+        return True
 
     def cancel_all(self, reason: str) -> int:
         """Cancel every turn not already being cancelled (a second cancel would cut short its

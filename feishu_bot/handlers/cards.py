@@ -5,9 +5,10 @@ an error. So this handler only parses, checks and settles: access policy, the si
 binding of the value (`feishu.buttons`), the chat the card is in, redelivery (the event id,
 once, through `store.mark_processed("card:…")`), then:
 
-- stop: the turn must still be queued or running (journal), else "already finished"; waiting
-  approvals are settled as stopped and the conversation's turns are stopped as by /stop;
-- new: as /new, run as a tracked task;
+- stop: the turn must still be queued or running (journal), else "already finished"; only
+  that turn is stopped (a queued one leaves the queue; the running one's waiting approval is
+  settled as stopped, then it is interrupted);
+- new: as /new, run as a tracked task, only from the conversation's latest finished card;
 - allow / allow_always / deny / answer: handed to the approval broker, which settles the
   waiting request (who may answer is its rule) and says what to toast.
 
@@ -24,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from feishu_bot.events import InboundMessage
 from feishu_bot.feishu.buttons import ButtonSigner, ButtonValue
 
 if TYPE_CHECKING:
@@ -43,6 +43,10 @@ ELSEWHERE = "This button belongs to another chat. Nothing was done."
 FINISHED = "This request has already finished."
 UNREADABLE = "Sorry, this button could not be read."
 NO_APPROVALS = "Approvals are not available right now."
+OLD_CARD = (
+    "This is not the conversation's latest answer, so its New session button does nothing. "
+    "Use the button on the latest answer, or send /new."
+)
 
 
 def toast(kind: str, content: str) -> dict[str, Any]:
@@ -149,21 +153,26 @@ async def _act(ctx: BotContext, value: ButtonValue, operator: str, broker: Any) 
     key = value.conversation_key
     logger.info("card action {} by {} (turn {})", value.action, operator, value.turn_id)
     if value.action == "stop":
+        # This card's turn only: a queued one leaves the queue, the running one is stopped;
+        # the conversation's other turns go on (/stop stops them all).
         turn = await ctx.store.get_turn(value.turn_id)
         if turn is None or turn.conversation_key != key or turn.status not in LIVE_STATUSES:
             return toast("info", FINISHED)
-        if broker is not None:
-            broker.stop_conversation(key)
         conversations = getattr(ctx, "conversations", None)
-        stopped = (
-            conversations.stop(key)
-            if conversations is not None
-            else ctx.turns.cancel_conversation(key, "stop")
-        )
+        if conversations is not None:
+            stopped = conversations.stop_turn(key, value.turn_id)
+        else:
+            handle = ctx.turns.handle_of(key, value.turn_id)
+            if broker is not None:
+                broker.stop_turn(key, value.turn_id)
+            stopped = handle is not None and ctx.turns.cancel_turn(handle, "stop")
         if not stopped:
             return toast("info", FINISHED)
         return toast("success", "Stopping…")
     if value.action == "new":
+        latest = await ctx.store.latest_finished_turn(key)
+        if latest is not None and value.turn_id != latest:
+            return toast("info", OLD_CARD)
         ctx.turns.spawn(_new_session(ctx, key), name=f"card-new:{key}")
         return toast("success", "New session: your next message starts a fresh conversation.")
     if broker is None:
@@ -174,21 +183,10 @@ async def _act(ctx: BotContext, value: ButtonValue, operator: str, broker: Any) 
 
 async def _new_session(ctx: BotContext, key: str) -> None:
     """What /new does, for the conversation the button belongs to."""
-    from feishu_bot.handlers.commands import cmd_new
+    from feishu_bot.handlers.commands import reset_conversation
 
-    kind, _, rest = key.partition(":")
-    chat_id, _, root = rest.partition(":")
-    msg = InboundMessage(
-        message_id="",
-        chat_id=chat_id,
-        chat_type="p2p" if kind == "p2p" else "group",
-        sender_open_id="",
-        msg_type="text",
-        text="/new",
-        thread_root=root or None,
-    )
     try:
-        await cmd_new(ctx, msg, "")
+        await reset_conversation(ctx, key)
     except Exception:
         logger.exception("New session button failed for {}", key)
 

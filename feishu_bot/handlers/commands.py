@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from database.models import Conversation
     from feishu_bot.context import BotContext
 
-__all__ = ["COMMANDS", "parse_command", "run_command"]
+__all__ = ["COMMANDS", "parse_command", "reset_conversation", "run_command"]
 
 CommandFn = Callable[["BotContext", InboundMessage, str], Awaitable[str]]
 _MODEL_NAME_MAX = 100
@@ -50,12 +50,18 @@ async def cmd_help(ctx: BotContext, msg: InboundMessage, args: str) -> str:
     return "\n".join(lines)
 
 
+async def reset_conversation(ctx: BotContext, key: str) -> None:
+    """/new and the New session button: close the process, forget the session, the grants
+    and what was kept."""
+    await ctx.launcher.close_session(key)
+    await ctx.store.clear_session(key)
+    await ctx.store.clear_grants(key)
+    await drop_kept(ctx, key)
+
+
 async def cmd_new(ctx: BotContext, msg: InboundMessage, args: str) -> str:
     await _ensure(ctx, msg)
-    await ctx.launcher.close_session(msg.conversation_key)
-    await ctx.store.clear_session(msg.conversation_key)
-    await ctx.store.clear_grants(msg.conversation_key)
-    await drop_kept(ctx, msg.conversation_key)
+    await reset_conversation(ctx, msg.conversation_key)
     return "Started a new conversation: your next message begins a fresh Claude session."
 
 

@@ -131,7 +131,7 @@ async def test_stop_button_settles_a_waiting_approval(world):
     w = world
     user_msg, turn_id, stream = await start_turn(w)
     await w.store.update_turn(turn_id, status="running")
-    handle = w.ctx.turns.admit(KEY, user_msg)
+    handle = w.ctx.turns.admit(KEY, user_msg, turn_id)
     ask = w.broker.for_turn(KEY, turn_id, USER, stream)
 
     async def turn() -> Any:

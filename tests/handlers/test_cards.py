@@ -83,7 +83,7 @@ async def live_turn(ctx: Any) -> tuple[int, asyncio.Task[None]]:
     turn_id = await ctx.store.accept_message(
         "om_user", conversation_key=KEY, chat_id=CHAT, prompt="hi", reply_in_thread=False
     )
-    handle = ctx.turns.admit(KEY, "om_user")
+    handle = ctx.turns.admit(KEY, "om_user", turn_id)
     task = ctx.turns.start(handle, asyncio.sleep(3600))
     return turn_id, task
 
@@ -99,6 +99,19 @@ async def test_stop_a_running_turn_and_replayed_stop(ctx):
     await ctx.store.update_turn(turn_id, status="cancelled")
     again = await handle(ctx, click(stop))  # the same button later: nothing to stop
     assert again["toast"]["type"] == "info" and "already finished" in again["toast"]["content"]
+
+
+async def test_stop_on_one_card_leaves_the_conversations_other_turns_alone(ctx):
+    _turn_id, task = await live_turn(ctx)
+    other_id = await ctx.store.accept_message(
+        "om_user2", conversation_key=KEY, chat_id=CHAT, prompt="two", reply_in_thread=False
+    )
+    other = ctx.turns.start(ctx.turns.admit(KEY, "om_user2", other_id), asyncio.sleep(3600))
+    stop = SIGNER.value("stop", conversation_key=KEY, turn_id=other_id)
+    assert (await handle(ctx, click(stop)))["toast"]["type"] == "success"
+    with pytest.raises(asyncio.CancelledError):
+        await other
+    assert not task.done()
 
 
 async def test_stranger_forged_edited_and_foreign_values_do_nothing(ctx):

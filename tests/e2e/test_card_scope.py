@@ -1,0 +1,80 @@
+"""What one card's buttons act on, end to end (real lark_oapi client, simulator, real CLI):
+Stop stops that card's turn only (a queued one leaves the queue, the running one is
+interrupted, the others go on); New session counts only on the conversation's latest finished
+card; Claude's text cannot ping the group through Feishu mention tags.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from feishu_bot.handlers.cards import OLD_CARD
+from feishu_bot.simulator import FeishuSimulator
+from tests.e2e.conftest import final_text
+from tests.e2e.test_cards import card_with
+from tests.fakes.fake_anthropic import Hang, Reply
+
+pytestmark = pytest.mark.timeout(180)
+
+
+async def status_text(sim: FeishuSimulator) -> str:
+    mid = await sim.push_message(text="/status")
+    await sim.wait_for(lambda: len(sim.replies_to(mid)) >= 1, 30)
+    return sim.message_text(sim.replies_to(mid)[0])
+
+
+async def test_stop_on_a_card_stops_that_turn_only(sim, anthropic, start_bot):
+    """Regression (safe controls #8): Stop on any card stopped the whole conversation."""
+    anthropic.enqueue(Hang(after_start=True), Reply("third ran"))
+    await start_bot()
+    first = await sim.push_message(text="never ending")
+    running_card = await card_with(sim, first, "Stop")
+    second = await sim.push_message(text="queued two")
+    third = await sim.push_message(text="queued three")
+    queued_card = await card_with(sim, second, "Stop")
+    click = await sim.click(queued_card, "Stop")
+    assert click.toast == {"type": "success", "content": "Stopping…"}
+    await final_text(sim, second, contains="Stopped")
+    assert sim.rendered_card(running_card)["header"]["template"] == "blue", "still working"
+    assert len(anthropic.message_requests) == 1
+    click = await sim.click(running_card, "Stop")
+    assert click.toast["type"] == "success"
+    await final_text(sim, first, contains="Stopped")
+    await final_text(sim, third, contains="third ran")  # the other queued turn still ran
+    assert [r.last_user_text for r in anthropic.message_requests][-1] == "queued three"
+
+
+async def test_new_session_counts_only_on_the_latest_finished_card(sim, anthropic, start_bot):
+    anthropic.enqueue(Reply("first answer"), Reply("second answer"))
+    await start_bot()
+    one = await sim.push_message(text="one")
+    await final_text(sim, one, contains="first answer")
+    two = await sim.push_message(text="two")
+    await final_text(sim, two, contains="second answer")
+    old_card = await card_with(sim, one, "New session")
+    click = await sim.click(old_card, "New session")
+    assert click.toast == {"type": "info", "content": OLD_CARD}
+    assert "session: none" not in await status_text(sim)  # nothing was reset
+    latest = await card_with(sim, two, "New session")
+    click = await sim.click(latest, "New session")
+    assert click.toast["type"] == "success"
+    for _ in range(100):  # the reset runs after the toast: poll /status, bounded
+        if "session: none" in await status_text(sim):
+            break
+        await asyncio.sleep(0.1)
+    assert "session: none" in await status_text(sim)
+
+
+async def test_claudes_mention_tags_are_shown_literally(sim, anthropic, start_bot):
+    """Regression (safe controls #10): a prompt-injected <at id=all></at> in an answer pinged
+    the whole group."""
+    anthropic.enqueue(Reply('hello <at id=all></at> and <at user_id="all">all</at>'))
+    await start_bot()
+    mid = await sim.push_message(
+        text="@ClaudeBot hi", chat_type="group", mention_bot=True, chat_id="oc_team"
+    )
+    text = await final_text(sim, mid, contains="hello")
+    assert "<at id=all>" not in text and '<at user_id="all">' not in text
+    assert text.replace("\u200b", "").count("<at") == 2  # shown, as text
