@@ -14,6 +14,7 @@ __all__ = [
     "AskPermission",
     "Attachment",
     "ClaudeEvent",
+    "ImageFile",
     "InboundMessage",
     "McpHandler",
     "PermissionDecision",
@@ -32,6 +33,16 @@ def conversation_key(chat_id: str, chat_type: str, thread_root: str | None) -> s
     if thread_root:
         return f"thread:{chat_id}:{thread_root}"
     return f"{'p2p' if chat_type == 'p2p' else 'group'}:{chat_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class ImageFile:
+    """An image waiting on disk for its turn: the `data` of an image content block until the
+    turn is written to the CLI, which streams it there as base64 straight from the file (no
+    copy of the image is held in memory)."""
+
+    path: Path
+    size: int
 
 
 @dataclass(frozen=True, slots=True)

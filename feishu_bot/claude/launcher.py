@@ -191,6 +191,11 @@ class Launcher:
     def queue_position(self, key: str) -> int | None:
         return self._sched.queue_position(key)
 
+    def live_session_id(self, key: str) -> str | None:
+        """The session id of the conversation's live process, if it has one."""
+        session = self._live.get(key)
+        return session.session_id if session is not None else None
+
     def is_warm(self, key: str) -> bool:
         session = self._live.get(key)
         return session is not None and session.alive

@@ -21,9 +21,11 @@ What it does not do: decide retries, count slots, or know about Feishu.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ from feishu_bot.claude.streams import TailBuffer, drain, read_lines
 from feishu_bot.events import (
     AskPermission,
     ClaudeEvent,
+    ImageFile,
     McpHandler,
 )
 
@@ -263,12 +266,27 @@ class CliSession(ControlChannel):
 
     # ------------------------------------------------------------------ stdin
     async def _write(self, obj: dict[str, Any]) -> None:
+        """One JSON line. Images waiting on disk (`ImageFile`) are streamed into it as base64
+        in pieces, so a turn with 50 MB of images never holds them in memory at once."""
         proc = self.proc
         assert proc is not None and proc.stdin is not None
-        data = (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
+        files: list[ImageFile] = []
+        token = f"@@image-{uuid.uuid4().hex}@@"
+
+        def placeholder(value: Any) -> Any:
+            if isinstance(value, ImageFile):
+                files.append(value)
+                return token
+            raise TypeError(f"cannot write {type(value).__name__} to the CLI")
+
+        text = json.dumps(obj, ensure_ascii=False, default=placeholder) + "\n"
+        parts = text.split(token)
         async with self._write_lock:
-            proc.stdin.write(data)
-            await proc.stdin.drain()
+            for i, part in enumerate(parts):
+                proc.stdin.write(part.encode("utf-8"))
+                await proc.stdin.drain()
+                if i < len(files):
+                    await _stream_base64(files[i], proc.stdin)
 
 
     # ------------------------------------------------------------------ stdout
@@ -381,6 +399,23 @@ class CliSession(ControlChannel):
                 turn.note_side_effect(
                     str(block.get("id")), name, tool_input if isinstance(tool_input, dict) else {}
                 )
+
+
+_B64_CHUNK = 3 * 64 * 1024  # a multiple of 3: the pieces' base64 joins without padding
+
+
+async def _stream_base64(image: ImageFile, stdin: asyncio.StreamWriter) -> None:
+    """Write the file's bytes as base64, a piece at a time (file reads off the loop)."""
+    handle = await asyncio.to_thread(image.path.open, "rb")
+    try:
+        while True:
+            chunk = await asyncio.to_thread(handle.read, _B64_CHUNK)
+            if not chunk:
+                return
+            stdin.write(base64.b64encode(chunk))
+            await stdin.drain()
+    finally:
+        handle.close()
 
 
 async def _run_to_completion(aw: Awaitable[Any]) -> Any:

@@ -1,11 +1,14 @@
 """What a message's images and files become for a Claude turn, and the ones kept for later.
 
 - `prepare_turn_input` turns a text message (plus whatever the conversation kept for it) into
-  the prompt text and the image content blocks of one turn. Images are downloaded, checked to
-  be complete png/jpeg/gif/webp images and given as base64 blocks in the order they were sent;
-  files, voice messages and videos are saved under `.feishu/inbox/<message_id>/<name>` in the
-  working directory and named in the prompt. Anything that cannot be given to Claude raises
-  `AttachmentError` (its message is the sentence for the user) before anything runs.
+  the prompt text and the image content blocks of one turn. Images (at most MAX_IMAGES and
+  MAX_IMAGE_BYTES per turn) are downloaded to a directory of the turn's own, checked one at a
+  time to be complete png/jpeg/gif/webp images, and given as blocks whose data is the file
+  (`ImageFile`: the CLI session streams it as base64 when it writes the turn), in the order
+  they were sent; files, voice messages and videos are saved under
+  `.feishu/inbox/<message_id>/<name>` in the working directory and named in the prompt.
+  Anything that cannot be given to Claude raises `AttachmentError` (its message is the
+  sentence for the user) before anything runs.
 - An image or file sent without text is kept for its conversation (`keep_attachments`) and
   given to the conversation's next text message within KEEP_WINDOW_S. The journal holds
   the kept keys (never bytes), so they survive a restart, and the claim is idempotent per
@@ -18,10 +21,10 @@ reach it (dispatch and conversations do).
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -33,7 +36,7 @@ from loguru import logger
 
 from feishu_bot.claude.mcp_feishu import FeishuMcp
 from feishu_bot.errors import AttachmentError
-from feishu_bot.events import Attachment, InboundMessage
+from feishu_bot.events import Attachment, ImageFile, InboundMessage
 from feishu_bot.feishu.media import MediaClient, check_image, sanitize_name
 
 if TYPE_CHECKING:
@@ -43,6 +46,8 @@ __all__ = [
     "INBOX",
     "KEEP_WINDOW_S",
     "KEPT_TEXT",
+    "MAX_IMAGES",
+    "MAX_IMAGE_BYTES",
     "STICKER_TEXT",
     "TurnInput",
     "attachments_from_json",
@@ -56,6 +61,8 @@ __all__ = [
 ]
 
 KEEP_WINDOW_S = 600.0
+MAX_IMAGES = 10
+MAX_IMAGE_BYTES = 50 * 1024 * 1024  # all images of one turn together
 INBOX = Path(".feishu") / "inbox"
 KEPT_TEXT = "Got it — what should Claude do with it?"
 STICKER_TEXT = (
@@ -71,15 +78,18 @@ class TurnInput:
 
     `content` goes into `TurnRequest.content` (image blocks, in the order sent). `files` are
     the inbox files saved for this turn (they stay: Claude may use them in later turns).
-    `cleanup()` removes the copies of this turn's images the CLI saved under its temp dir;
-    call it after the turn, whatever its outcome. It never raises.
+    `cleanup(session_id)` removes the images downloaded for this turn and the copies the CLI
+    saved of them under its temp dir for that session (only files that were not there
+    before the turn: another conversation's copies are never touched); call it after the
+    turn, whatever its outcome, with the session the turn ran in when it is known. It never
+    raises.
     """
 
     prompt: str
     content: tuple[dict[str, Any], ...] = ()
     files: tuple[Path, ...] = ()
     attachments: tuple[Attachment, ...] = ()
-    cleanup: Callable[[], None] = field(default=lambda: None)
+    cleanup: Callable[[str | None], None] = field(default=lambda _session=None: None)
 
 
 # -- journal encoding ------------------------------------------------------------------------
@@ -189,23 +199,47 @@ async def prepare_turn_input(
     if not sources:
         return TurnInput(prompt=msg.text or "")
 
-    started = time.time()
     images = [s for s in sources if s[1].kind == "image"]
+    if len(images) > MAX_IMAGES:
+        raise AttachmentError(
+            f"That is {len(images)} images; Claude takes at most {MAX_IMAGES} in one message. "
+            "Please send fewer at a time.",
+            reason="too_many",
+            kind="image",
+        )
     blocks: list[dict[str, Any]] = []
     notes: list[str] = []
     saved: list[Path] = []
+    image_dir: Path | None = None
+    image_bytes = 0
     image_no = 0
+    before = _cli_image_copies(workdir) if images else set()
     try:
         for message_id, att, _ in sources:
             label = _label(att, image_no, len(images))
             if att.kind == "sticker":
                 raise AttachmentError(STICKER_TEXT, reason="sticker", kind="sticker")
             if att.kind == "image":
-                data = await media.download_bytes(message_id, att.key, kind="image", label=label)
-                media_type = check_image(data, label=label[:1].upper() + label[1:])
-                blocks.append(_image_block(media_type, data))
+                if image_dir is None:
+                    image_dir = Path(tempfile.mkdtemp(prefix="feishu-bot-images-"))
+                dest = image_dir / f"{image_no}.img"
+                size = await media.download_to_file(
+                    message_id, att.key, kind="image", label=label, dest=dest
+                )
+                image_bytes += size
+                if image_bytes > MAX_IMAGE_BYTES:
+                    raise AttachmentError(
+                        f"The images of this message are over {MAX_IMAGE_BYTES >> 20} MB "
+                        "together, more than Claude takes in one message. Please send fewer "
+                        "or smaller ones.",
+                        reason="too_large",
+                        kind="image",
+                    )
+                media_type = check_image(
+                    dest.read_bytes(), label=label[:1].upper() + label[1:]
+                )  # one image in memory at a time, only while it is checked
+                blocks.append(_image_block(media_type, ImageFile(dest, size)))
                 image_no += 1
-                del data
             elif att.kind in ("file", "audio", "media"):
                 rel = INBOX / _dir_name(message_id) / _file_name(att)
                 dest = workdir / rel
@@ -221,10 +255,12 @@ async def prepare_turn_input(
     except BaseException:
         for path in saved:
             path.unlink(missing_ok=True)
+        if image_dir is not None:
+            shutil.rmtree(image_dir, ignore_errors=True)
         raise
     kept_images = sum(1 for s in images if s[2])
     prompt = _compose(msg.text or "", notes, len(blocks), kept_images)
-    cleanup = _cli_image_cleanup(workdir, started) if blocks else (lambda: None)
+    cleanup = _turn_cleanup(workdir, image_dir, before) if blocks else _nothing
     return TurnInput(
         prompt=prompt,
         content=tuple(blocks),
@@ -232,6 +268,10 @@ async def prepare_turn_input(
         attachments=tuple(s[1] for s in sources),
         cleanup=cleanup,
     )
+
+
+def _nothing(_session_id: str | None = None) -> None:
+    return None
 
 
 def turn_mcp(ctx: BotContext, msg: InboundMessage, *, workdir: Path) -> FeishuMcp:
@@ -319,15 +359,8 @@ def _compose(text: str, notes: list[str], images: int, kept_images: int) -> str:
     return "\n\n".join(lines)
 
 
-def _image_block(media_type: str, data: bytes) -> dict[str, Any]:
-    return {
-        "type": "image",
-        "source": {
-            "type": "base64",
-            "media_type": media_type,
-            "data": base64.b64encode(data).decode("ascii"),
-        },
-    }
+def _image_block(media_type: str, data: ImageFile) -> dict[str, Any]:
+    return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
 
 
 def _cli_tmp_root() -> Path:
@@ -337,20 +370,34 @@ def _cli_tmp_root() -> Path:
     return Path(os.environ.get("CLAUDE_CODE_TMPDIR") or tempfile.gettempdir())
 
 
-def _cli_image_cleanup(workdir: Path, since: float) -> Callable[[], None]:
-    slugs = {re.sub(r"[^A-Za-z0-9]", "-", str(p)) for p in (workdir, workdir.resolve())}
-    root = _cli_tmp_root()
+def _slugs(workdir: Path) -> set[str]:
+    return {re.sub(r"[^A-Za-z0-9]", "-", str(p)) for p in (workdir, workdir.resolve())}
 
-    def cleanup() -> None:
+
+def _cli_image_copies(workdir: Path, session_id: str = "*") -> set[Path]:
+    root = _cli_tmp_root()
+    found: set[Path] = set()
+    try:
+        for slug in _slugs(workdir):
+            found.update(root.glob(f"claude-*/{slug}/{session_id}/images/*"))
+    except OSError:
+        logger.exception("could not list the CLI's image copies")
+    return found
+
+
+def _turn_cleanup(
+    workdir: Path, image_dir: Path | None, before: set[Path]
+) -> Callable[[str | None], None]:
+    def cleanup(session_id: str | None = None) -> None:
+        if image_dir is not None:
+            shutil.rmtree(image_dir, ignore_errors=True)
+        if not session_id or "/" in session_id or session_id.startswith("."):
+            return  # not known: leave the CLI's copies rather than guess whose they are
         removed = 0
         try:
-            for slug in slugs:
-                for path in root.glob(f"claude-*/{slug}/*/images/*"):
-                    # Only this turn's copies: one turn of a conversation runs at a time, and
-                    # another conversation sharing the directory started its own copies later.
-                    if path.is_file() and path.stat().st_mtime >= since - 1:
-                        path.unlink(missing_ok=True)
-                        removed += 1
+            for path in _cli_image_copies(workdir, session_id) - before:
+                path.unlink(missing_ok=True)
+                removed += 1
         except OSError:
             logger.exception("could not remove the CLI's image copies")
         if removed:

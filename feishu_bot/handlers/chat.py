@@ -138,7 +138,12 @@ async def run_chat_turn(
             raise
     finally:
         if cleanup is not None:
-            done = cleanup()
+            ok = run is not None and run.done() and not (run.cancelled() or run.exception())
+            session_id = (
+                run.result().session_id if ok and run is not None
+                else ctx.launcher.live_session_id(msg.conversation_key)
+            )
+            done = cleanup(session_id)
             if inspect.isawaitable(done):
                 await done
     # Journal before delivering, so that whatever the user does after reading the answer

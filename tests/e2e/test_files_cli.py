@@ -70,7 +70,9 @@ class Cli:
 
     async def write(self, obj: dict[str, Any]) -> None:
         assert self.proc.stdin is not None
-        self.proc.stdin.write((json.dumps(obj) + "\n").encode())
+        # Images wait on disk (ImageFile) until written; the bot's session streams them.
+        line = json.dumps(obj, default=lambda o: base64.b64encode(o.path.read_bytes()).decode())
+        self.proc.stdin.write((line + "\n").encode())
         await self.proc.stdin.drain()
 
     async def turn(self, content: list[dict[str, Any]], timeout: float = 60) -> dict[str, Any]:
@@ -212,7 +214,7 @@ async def test_post_images_reach_the_model_byte_identical(
     assert any(t.startswith("what differs?") for t in texts)
     copies = list((tmp_path / "home" / "tmp").glob("claude-*/*/*/images/*"))
     assert len(copies) == 3  # the CLI saved its copies ...
-    turn.cleanup()
+    turn.cleanup(result["session_id"])  # (of this turn's session only)
     assert not list((tmp_path / "home" / "tmp").glob("claude-*/*/*/images/*"))  # ... now gone
 
 

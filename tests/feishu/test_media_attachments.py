@@ -4,7 +4,7 @@ SQLite store; the `feishu` MCP server's JSON-RPC handling."""
 from __future__ import annotations
 
 import base64
-import os
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,7 +17,7 @@ from database import SessionStore
 from feishu_bot.claude.mcp_feishu import MCP_CONFIG, SEND_FILE_TOOL, FeishuMcp, mcp_config_arg
 from feishu_bot.config import Settings
 from feishu_bot.errors import AttachmentError
-from feishu_bot.events import Attachment, InboundMessage
+from feishu_bot.events import Attachment, ImageFile, InboundMessage
 from feishu_bot.feishu.media import OutboundFileError
 from feishu_bot.feishu.replier import FeishuReplier
 from feishu_bot.handlers import attachments as att_mod
@@ -77,7 +77,8 @@ def message(
 
 def image_bytes(block: dict[str, Any]) -> bytes:
     assert block["type"] == "image" and block["source"]["type"] == "base64"
-    return base64.b64decode(block["source"]["data"])
+    data = block["source"]["data"]
+    return data.path.read_bytes() if isinstance(data, ImageFile) else base64.b64decode(data)
 
 
 async def test_text_without_attachments_is_unchanged(ctx: Ctx, tmp_path: Path) -> None:
@@ -233,23 +234,56 @@ async def test_new_drops_kept_attachments(ctx: Ctx, sim: FeishuSimulator, tmp_pa
 async def test_cleanup_removes_only_this_turns_cli_image_copies(
     ctx: Ctx, sim: FeishuSimulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Regression (safe controls #14): clean-up deleted by mtime, so another conversation
+    sharing the directory lost copies it had just made. Only this turn's new copies, in its
+    own session's directory, are removed — and the downloaded image with them."""
     cli_tmp = tmp_path / "clitmp"
     monkeypatch.setenv("CLAUDE_CODE_TMPDIR", str(cli_tmp))
     work = tmp_path / "my_work.dir"
     work.mkdir()
     slug = str(work).replace("/", "-").replace("_", "-").replace(".", "-")
-    old = cli_tmp / "claude-0" / slug / "sess-a" / "images" / "1.png"
+    sessions = cli_tmp / "claude-0" / slug
+    old = sessions / "sess-a" / "images" / "1.png"
     old.parent.mkdir(parents=True)
     old.write_bytes(b"old")
-    os.utime(old, (time.time() - 3600, time.time() - 3600))
     sim.media.add_resource("om_c", "img_c", sample_png(), kind="image")
     got = await prepare_turn_input(
         ctx, message("om_c", "see", Attachment("image", "img_c")), workdir=work
     )  # type: ignore[arg-type]
+    downloaded = got.content[0]["source"]["data"]
+    assert isinstance(downloaded, ImageFile) and downloaded.path.exists()
     new = old.parent / "2.png"
     new.write_bytes(b"new")  # what the CLI saves while the turn runs
-    got.cleanup()
-    assert old.exists() and not new.exists()
+    neighbour = sessions / "sess-b" / "images" / "1.png"  # another conversation, same dir
+    neighbour.parent.mkdir(parents=True)
+    neighbour.write_bytes(b"theirs")
+    got.cleanup("sess-a")
+    assert old.exists() and not new.exists() and neighbour.exists()
+    assert not downloaded.path.exists()
+
+
+async def test_more_than_ten_images_or_fifty_megabytes_are_refused(
+    ctx: Ctx, sim: FeishuSimulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression (safe controls #6): image memory was unbounded (every image as base64 in
+    memory until the turn ended)."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))  # where the turn's images go
+    images = [Attachment("image", f"img_{n}") for n in range(11)]
+    for n in range(11):
+        sim.media.add_resource("om_many", f"img_{n}", sample_png(seed=n), kind="image")
+    with pytest.raises(AttachmentError, match="at most 10"):
+        await prepare_turn_input(
+            ctx, message("om_many", "look", *images), workdir=tmp_path
+        )  # type: ignore[arg-type]
+    assert not any(r.path.endswith("/img_0") for r in sim.requests)  # refused before any download
+    monkeypatch.setattr(att_mod, "MAX_IMAGE_BYTES", 2 * len(sample_png(seed=1)))
+    with pytest.raises(AttachmentError, match="together"):
+        await prepare_turn_input(
+            ctx, message("om_many", "look", *images[:3]), workdir=tmp_path
+        )  # type: ignore[arg-type]
+    assert list(temp.iterdir()) == []  # what was downloaded before the refusal is gone
 
 
 def test_attachments_json_round_trip() -> None:
