@@ -12,7 +12,7 @@ from feishu_bot.alerts.conditions import (
     is_auth_failure,
     turn_kind,
 )
-from feishu_bot.alerts.service import AlertService, disk_free
+from feishu_bot.alerts.service import AlertService, admin_chat_sender, disk_free, sample_of
 
 __all__ = [
     "AlertEngine",
@@ -22,9 +22,11 @@ __all__ = [
     "Thresholds",
     "Transition",
     "TurnKind",
+    "admin_chat_sender",
     "alert_card",
     "alert_text",
     "disk_free",
     "is_auth_failure",
+    "sample_of",
     "turn_kind",
 ]

@@ -25,7 +25,7 @@ from loguru import logger
 from feishu_bot.alerts.cards import alert_card
 from feishu_bot.alerts.conditions import AlertEngine, Condition, Sample, Transition, turn_kind
 
-__all__ = ["AlertService", "SendCard", "disk_free"]
+__all__ = ["AlertService", "SendCard", "admin_chat_sender", "disk_free", "sample_of"]
 
 SendCard = Callable[[dict[str, Any]], Awaitable[Any]]
 
@@ -144,3 +144,35 @@ def _reason(error: BaseException) -> str:
 
 def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def admin_chat_sender(replier: Any, target: str) -> SendCard | None:
+    """How a card reaches FEISHU_ADMIN_CHAT (None when it is empty: alerts are only logged)."""
+    if not target:
+        return None
+    # The prefix says which kind of id it is (the configuration allows only these two).
+    kind = "chat_id" if target.startswith("oc_") else "open_id"
+
+    async def send(card: dict[str, Any]) -> None:
+        await replier.send(target, "interactive", card, receive_id_type=kind)
+
+    return send
+
+
+def sample_of(gateway: Any, stats: Any) -> Sample:
+    """A sample from the gateway (None: its state does not count now) and the launcher's
+    stats (None before the launcher exists)."""
+    connected = None if gateway is None else bool(gateway.connected)
+    if stats is None:
+        return Sample(time.time(), ws_connected=connected)
+    return Sample(
+        time.time(),
+        ws_connected=connected,
+        reconnects=int(gateway.reconnects) if gateway is not None else 0,
+        degraded=bool(stats.degraded),
+        queued=stats.queued,
+        queue_max=stats.queue_max,
+        active=stats.active,
+        max_concurrent=stats.max_concurrent,
+        rejected=stats.rejected,
+    )
