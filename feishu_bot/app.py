@@ -152,7 +152,7 @@ class Bot:
         from feishu_bot.claude.launcher import Launcher, LauncherConfig
         from feishu_bot.context import BotContext
         from feishu_bot.conversations import Conversations
-        from feishu_bot.dispatch import Dispatcher
+        from feishu_bot.dispatch import CARD_ACTION_EVENT, MENU_EVENT, MESSAGE_EVENT, Dispatcher
         from feishu_bot.feishu.access import AccessPolicy, RefusalLimiter
         from feishu_bot.feishu.gateway import FeishuGateway
         from feishu_bot.feishu.replier import FeishuReplier
@@ -262,6 +262,7 @@ class Bot:
             domain=s.FEISHU_DOMAIN,
             on_event=dispatcher.handle,
             loop=loop,
+            forward_event_types=(MESSAGE_EVENT, CARD_ACTION_EVENT, MENU_EVENT),
         )
         self.gateway = gateway
         await gateway.start()
