@@ -56,10 +56,13 @@ async def test_healthz_and_metrics_follow_the_bot(
     status, body = await healthz(port)
     assert status == 200, body
     assert body["healthy"] is True and body["stopping"] is False
-    assert body["websocket"] == {"connected": True, "reconnects": 0}
+    websocket = body["websocket"]
+    assert (websocket["connected"], websocket["reconnects"]) == (True, 0)
+    assert 0 <= websocket["last_frame_age_s"] < 60  # the connection's first frames
     assert body["database"] == {"ok": True}
     assert (body["active"], body["max_concurrent"], body["queued"]) == (0, 1, 0)
     assert body["uptime_s"] >= 0
+    assert body["last_ok_turn_age_s"] is None and body["alerts"] == []
 
     # Traffic that moves every number: an answer, a redelivery, a stale session, a retry.
     first = await sim.push_message(chat_id="oc_m1", text="hello metrics")
@@ -98,8 +101,18 @@ async def test_healthz_and_metrics_follow_the_bot(
     assert value(m, "feishu_bot_claude_evictions_total") >= 1
     assert value(m, "feishu_bot_claude_cold_starts_total") >= 4
     assert value(m, "feishu_bot_first_text_seconds_count") >= 2
+    assert value(m, "feishu_bot_last_ok_turn_timestamp_seconds") > 0
+    assert value(m, "feishu_bot_websocket_last_frame_timestamp_seconds") > 0
+    for condition in ("ws_down", "claude_auth", "turn_failures", "degraded", "queue_full",
+                      "disk_low", "sandbox_off"):
+        assert (
+            "feishu_bot_alert_active", frozenset({("condition", condition)})
+        ) in m, condition
+        assert value(m, "feishu_bot_alert_active", condition=condition) == 0
+    assert value(m, "feishu_bot_disk_free_bytes", directory="CLAUDE_WORKDIR") > 0
     status, body = await healthz(port)
     assert status == 200 and (body["active"], body["queued"]) == (1, 1)
+    assert body["last_ok_turn_age_s"] >= 0
 
     # Feishu goes away and refuses new connections: unhealthy until it is back.
     refuse = sim.fail_next("POST", r"/callback/ws/endpoint$", status=503, count=10**6)
@@ -116,7 +129,8 @@ async def test_healthz_and_metrics_follow_the_bot(
     sim.faults.clear()
     await bot.wait_line(r"feishu gateway reconnected", start=mark, timeout=60)
     status, body = await healthz(port)
-    assert status == 200 and body["websocket"] == {"connected": True, "reconnects": 1}
+    assert status == 200
+    assert (body["websocket"]["connected"], body["websocket"]["reconnects"]) == (True, 1)
     assert value(await metrics(port), "feishu_bot_websocket_reconnects_total") == 1
 
     bot.send(signal.SIGTERM)
