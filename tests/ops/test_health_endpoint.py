@@ -53,6 +53,8 @@ async def test_healthz_and_metrics_follow_the_bot(
         HEALTH_PORT=port, CLAUDE_MAX_CONCURRENT=1, CLAUDE_MAX_RETRIES=1, SHUTDOWN_GRACE=0
     )
     assert bot.find(rf"health endpoint on http://127\.0\.0\.1:{port}/healthz") is not None
+    # liveness on the health line: the age of Feishu's last frame, no successful turn yet
+    await bot.wait_line(r"health: .* ws up .* last-frame \d+s last-ok-turn never alerts none$")
     status, body = await healthz(port)
     assert status == 200, body
     assert body["healthy"] is True and body["stopping"] is False
