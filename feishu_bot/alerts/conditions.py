@@ -200,9 +200,8 @@ class AlertEngine:
             self._auth_failed += 1
             if auth is None:
                 return [self._start(Condition.CLAUDE_AUTH, now, now,
-                                    f"a turn failed because Claude cannot authenticate: {error}")]
-            auth.detail = (f"{self._auth_failed} turns failed since {clock(auth.since)} because "
-                           f"Claude cannot authenticate: {error}")
+                                    f"a turn failed: {error}")]
+            auth.detail = f"{self._auth_failed} turns failed since {clock(auth.since)}: {error}"
             return []
         out: list[Transition] = []
         if kind is TurnKind.OK:

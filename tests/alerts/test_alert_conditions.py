@@ -287,7 +287,7 @@ def test_a_start_card_reads_what_since_the_numbers_and_what_to_do() -> None:
     assert template == "red" and title == "⚠️ Claude cannot authenticate"
     lines = body.splitlines()
     assert lines[0].startswith("**claude_auth** since ")
-    assert lines[1] == "a turn failed because Claude cannot authenticate: boom"
+    assert lines[1] == "a turn failed: boom"
     assert lines[2].startswith("**What to do:** Users are told Claude is not logged in.")
     (c,) = turns(e, "o", T0 + 125)
     template, title, body = alert_text(c)

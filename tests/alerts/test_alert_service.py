@@ -84,7 +84,7 @@ async def test_turn_outcomes_become_cards_in_order_and_log_lines(logs: io.String
     finally:
         await _stop(task)
     text = logs.getvalue()
-    assert "WARNING alert claude_auth started: a turn failed because" in text
+    assert "WARNING alert claude_auth started: a turn failed: the Claude CLI is not logged" in text
     assert "INFO alert claude_auth cleared: a turn succeeded again; 4 turns had failed" in text
 
 
