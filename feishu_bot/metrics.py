@@ -126,6 +126,11 @@ class BotMetrics:
             buckets=_WAIT_BUCKETS,
             registry=self.registry,
         )
+        self.cost = Counter(
+            "feishu_bot_cost_usd",
+            "USD the CLI reported for successful turns (each turn's own cost)",
+            registry=self.registry,
+        )
         self.first_text_latency = Histogram(
             "feishu_bot_first_text_seconds",
             "time from writing a turn to the first streamed text",
@@ -140,10 +145,18 @@ class BotMetrics:
         self._live._snapshot = snapshot
 
     def turn_finished(
-        self, outcome: str, seconds: float | None = None, *, error: BaseException | None = None
+        self,
+        outcome: str,
+        seconds: float | None = None,
+        *,
+        error: BaseException | None = None,
+        cost_usd: float = 0.0,
     ) -> None:
-        """Count a finished turn; `error` is why it did not succeed (for the alerts)."""
+        """Count a finished turn; `error` is why it did not succeed (for the alerts),
+        `cost_usd` the turn's own cost (not a warm process's running total)."""
         self.turns.labels(outcome=outcome).inc()
+        if cost_usd > 0:
+            self.cost.inc(cost_usd)
         if seconds is not None:
             self.turn_duration.observe(max(0.0, seconds))
         if outcome == "ok":

@@ -104,6 +104,8 @@ async def test_healthz_and_metrics_follow_the_bot(
     assert value(m, "feishu_bot_claude_cold_starts_total") >= 4
     assert value(m, "feishu_bot_first_text_seconds_count") >= 2
     assert value(m, "feishu_bot_last_ok_turn_timestamp_seconds") > 0
+    # the fake CLI reports a running total of $0.0104 (a process's first turn costs that)
+    assert value(m, "feishu_bot_cost_usd_total") > 0
     assert value(m, "feishu_bot_websocket_last_frame_timestamp_seconds") > 0
     for condition in ("ws_down", "claude_auth", "turn_failures", "degraded", "queue_full",
                       "disk_low", "sandbox_off"):
