@@ -75,5 +75,7 @@ async def test_a_refused_key_stops_the_turn_at_the_first_retry(
         stored = binding.sessions.get("p2p:c1")
         result = await launcher.run(request(workdir, "again", session_id=stored))
         assert result.text == "echo: again"
+        # the refused turn was cut from the history: Claude does not see "hello" again
+        assert api.message_requests[-1].user_texts == ["again"]
     finally:
         await launcher.aclose()
