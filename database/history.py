@@ -182,6 +182,17 @@ class HistoryMixin:
 
     # -- statistics ----------------------------------------------------------------------
 
+    async def p2p_chat_of(self, open_id: str) -> str | None:
+        """The chat_id of the bot's private chat with ``open_id``, from the newest journaled
+        turn of that user there; None when the journal knows of none (the bot menu's events
+        name the user only)."""
+        rows = await self._fetchall(
+            "SELECT chat_id FROM turns WHERE sender_open_id = ? "
+            "AND conversation_key = 'p2p:' || chat_id ORDER BY id DESC LIMIT 1",
+            (open_id,),
+        )
+        return str(rows[0]["chat_id"]) if rows else None
+
     async def turn_stats(
         self, conversation_key: str | None = None, since: float | None = None
     ) -> TurnStats:

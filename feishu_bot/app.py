@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ class Bot:
         self.gateway: Any = None
         self.launcher: Any = None
         self.store: Any = None
+        self.alerts: Any = None
         self._ctx: Any = None  # the BotContext, once `_start` has wired it
 
     def request_stop(self) -> None:
@@ -141,10 +143,16 @@ class Bot:
         return True
 
     async def _start(self, stack: AsyncExitStack) -> None:
+        from feishu_bot.alerts import (
+            AlertEngine,
+            AlertService,
+            Thresholds,
+            admin_chat_sender,
+        )
         from feishu_bot.claude.launcher import Launcher, LauncherConfig
         from feishu_bot.context import BotContext
         from feishu_bot.conversations import Conversations
-        from feishu_bot.dispatch import Dispatcher
+        from feishu_bot.dispatch import CARD_ACTION_EVENT, MENU_EVENT, MESSAGE_EVENT, Dispatcher
         from feishu_bot.feishu.access import AccessPolicy, RefusalLimiter
         from feishu_bot.feishu.gateway import FeishuGateway
         from feishu_bot.feishu.replier import FeishuReplier
@@ -169,9 +177,22 @@ class Bot:
             domain=s.FEISHU_DOMAIN,
         )
         stack.push_async_callback(replier.aclose)
+        alerts = AlertService(
+            # The sandbox (issue 15) reports here whether it is available at start.
+            AlertEngine(Thresholds.from_settings(s), sandbox_available=None),
+            sample=self._alert_sample,
+            send=admin_chat_sender(replier, s.FEISHU_ADMIN_CHAT),
+            disk_paths={
+                "CLAUDE_WORKDIR": workdir_root,
+                "DATABASE_PATH": Path(s.DATABASE_PATH).expanduser().resolve().parent,
+            },
+            # often enough that an outage is measured to within a quarter of its threshold
+            interval=min(1.0, s.ALERT_WS_DOWN_S / 4),
+        )
+        self.alerts = alerts
         # Up before the first Feishu call: while Feishu cannot be reached the bot waits (and
         # /healthz says 503) instead of exiting.
-        metrics = BotMetrics(self._metrics_snapshot)
+        metrics = BotMetrics(self._metrics_snapshot, on_turn=alerts.turn_finished)
         if s.HEALTH_PORT:
             server = HealthServer(
                 host=s.HEALTH_HOST,
@@ -241,6 +262,7 @@ class Bot:
             domain=s.FEISHU_DOMAIN,
             on_event=dispatcher.handle,
             loop=loop,
+            forward_event_types=(MESSAGE_EVENT, CARD_ACTION_EVENT, MENU_EVENT),
         )
         self.gateway = gateway
         await gateway.start()
@@ -257,6 +279,10 @@ class Bot:
             run_pruning(store, env=launcher.child_environment()), name="retention"
         )
         stack.push_async_callback(_cancel_and_wait, pruning)
+        alerting = loop.create_task(alerts.run(), name="alerts")
+        stack.push_async_callback(_cancel_and_wait, alerting)
+        if s.FEISHU_ADMIN_CHAT:
+            logger.info("alerts go to {}", s.FEISHU_ADMIN_CHAT)
 
         logger.info(
             "feishu-bot ready: max {} concurrent claude processes, queue {}, timeout {:g}s",
@@ -322,6 +348,9 @@ class Bot:
             "reconnects": status["reconnects"],
             "duplicates": counters.duplicates_dropped if counters else 0,
             "uptime": self._ctx.uptime_s if self._ctx is not None else 0.0,
+            "last_frame": status["last_frame_at"],
+            "alerts": self.alerts.gauges() if self.alerts else {},
+            "disk": self.alerts.disk_free() if self.alerts else {},
         }
 
     async def health_status(self) -> dict[str, Any]:
@@ -332,23 +361,41 @@ class Bot:
         except Exception:
             db_ok = False
         healthy = bool(snap["ws"]) and db_ok and not self._stop.is_set()
+        last_ok = self._ctx.metrics.last_ok_at if self._ctx is not None else None
         return {
             "healthy": healthy,
             "version": __version__,
-            "websocket": {"connected": bool(snap["ws"]), "reconnects": snap["reconnects"]},
+            "websocket": {
+                "connected": bool(snap["ws"]),
+                "reconnects": snap["reconnects"],
+                "last_frame_age_s": _age(snap["last_frame"]),
+            },
             "database": {"ok": db_ok},
             "active": snap["active"],
             "max_concurrent": snap["max"],
             "queued": snap["queued"],
             "uptime_s": round(snap["uptime"], 1),
+            "last_ok_turn_age_s": _age(last_ok),
+            "alerts": self.alerts.active() if self.alerts else [],
             "stopping": self._stop.is_set(),
         }
 
     def _gateway_status(self) -> dict[str, Any]:
         gateway = self.gateway
         if gateway is None:
-            return {"connected": False, "reconnects": 0}
-        return {"connected": bool(gateway.connected), "reconnects": int(gateway.reconnects)}
+            return {"connected": False, "reconnects": 0, "last_frame_at": None}
+        return {
+            "connected": bool(gateway.connected),
+            "reconnects": int(gateway.reconnects),
+            "last_frame_at": gateway.last_frame_at,
+        }
+
+    def _alert_sample(self) -> Any:
+        from feishu_bot.alerts import sample_of
+
+        # While stopping, the gateway is closed on purpose: not an outage.
+        gateway = None if self._stop.is_set() else self.gateway
+        return sample_of(gateway, self.launcher.stats() if self.launcher else None)
 
     def _health_extras(self) -> dict[str, Any]:
         status = self._gateway_status()
@@ -362,17 +409,31 @@ class Bot:
                 "evictions": stats.evictions,
                 "cold-starts": stats.cold_starts,
             }
+        last_ok = self._ctx.metrics.last_ok_at if self._ctx is not None else None
+        active = self.alerts.active() if self.alerts else []
         return {
             **warm,
             "ws": "up" if status["connected"] else "down",
             "reconnects": status["reconnects"],
             "dup": counters.duplicates_dropped if counters else 0,
+            "last-frame": _ago(status["last_frame_at"]),
+            "last-ok-turn": _ago(last_ok),
+            "alerts": ",".join(a["condition"] for a in active) or "none",
         }
 
 
 async def _no_turn_send(path: str, caption: str | None, tool_use_id: str | None) -> str:
     # The CLI's MCP handshake can come before a turn; a tool call never should.
     raise ValueError("send_file is only available while answering a message")
+
+
+def _age(ts: float | None) -> float | None:
+    return round(max(0.0, time.time() - ts), 1) if ts else None
+
+
+def _ago(ts: float | None) -> str:
+    age = _age(ts)
+    return "never" if age is None else f"{age:.0f}s"
 
 
 async def _cancel_and_wait(task: asyncio.Task[Any]) -> None:

@@ -93,6 +93,7 @@ def run_checks(settings: Settings) -> list[str]:
 _TOKEN_PATH = "/open-apis/auth/v3/tenant_access_token/internal"
 _BOT_INFO_PATH = "/open-apis/bot/v3/info"
 _WS_ENDPOINT_PATH = "/callback/ws/endpoint"
+_IS_IN_CHAT_PATH = "/open-apis/im/v1/chats/{chat_id}/members/is_in_chat"
 _ONLINE_TIMEOUT_S = 15.0
 # bot/v3/info `activate_status` (Feishu server docs, "获取机器人信息").
 _ACTIVATE_STATUS = {
@@ -134,8 +135,10 @@ async def online_checks(settings: Settings) -> list[tuple[bool, str]]:
     """Ask Feishu what works for this app: one (ok, line) per aspect, in a fixed order.
 
     Credentials (a tenant token), the bot's identity (GET bot/v3/info: the Bot capability is
-    on and the app is enabled), and the long connection's endpoint discovery (what
-    ``lark_oapi.ws.Client`` does first). The websocket URL carries a ticket and is never shown.
+    on and the app is enabled), the long connection's endpoint discovery (what
+    ``lark_oapi.ws.Client`` does first), and, when FEISHU_ADMIN_CHAT is set, where alerts go
+    (a chat the bot is in, or an open_id), without posting anything. The websocket URL carries
+    a ticket and is never shown.
     """
     import aiohttp
 
@@ -167,6 +170,9 @@ async def online_checks(settings: Settings) -> list[tuple[bool, str]]:
                 )
         results.append(await _bot_check(session, domain, token))
         results.append(await _ws_check(session, domain, app_id, secret))
+        if settings.FEISHU_ADMIN_CHAT:
+            admin = settings.FEISHU_ADMIN_CHAT
+            results.append(await _admin_chat_check(session, domain, token, admin))
     return results
 
 
@@ -214,6 +220,40 @@ async def _ws_check(session: Any, domain: str, app_id: str, secret: str) -> tupl
             "and a version with im.message.receive_v1 is published)"
         )
     return False, f"long connection: not available ({_refusal(data)})"
+
+
+async def _admin_chat_check(
+    session: Any, domain: str, token: str, target: str
+) -> tuple[bool, str]:
+    import aiohttp
+
+    if target.startswith("ou_"):
+        # Nothing short of posting tells whether a user can receive the bot's messages.
+        return True, (
+            f"admin chat: the open_id {target}: alerts go to the bot's private chat with that "
+            "user (not checked: the user must be in the app's availability range)"
+        )
+    if not token:
+        return False, "admin chat: not checked (no tenant token)"
+    try:
+        data = await _get_json(
+            session,
+            domain + _IS_IN_CHAT_PATH.format(chat_id=target),
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return False, f"admin chat: cannot ask ({exc!r})"
+    inner = data.get("data")
+    if data.get("code") != 0 or not isinstance(inner, dict):
+        return False, (
+            f"admin chat: cannot check {target} ({_refusal(data)}); the check needs the scope "
+            "im:chat:readonly, and FEISHU_ADMIN_CHAT must be a chat of this tenant"
+        )
+    if inner.get("is_in_chat") is True:
+        return True, f"admin chat: {target} (the bot is in it)"
+    return False, (
+        f"admin chat: the bot is not in {target}: add it to that chat, or fix FEISHU_ADMIN_CHAT"
+    )
 
 
 def run_online_checks(settings: Settings) -> int:

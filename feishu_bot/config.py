@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     FEISHU_APPROVERS: Annotated[list[str], NoDecode] = []
     FEISHU_CARDKIT: str = "auto"
     FEISHU_MAX_DOWNLOAD_MB: float = Field(20.0, gt=0)
+    # Where alert cards go: a chat_id (oc_…) or an open_id (ou_…, a private chat); empty = off.
+    FEISHU_ADMIN_CHAT: str = ""
 
     CLAUDE_BIN: str = "claude"
     CLAUDE_MAX_CONCURRENT: int = Field(5, ge=1)
@@ -80,6 +82,10 @@ class Settings(BaseSettings):
     HEALTH_PORT: int = Field(0, ge=0, le=65535)
     HEALTH_HOST: str = "127.0.0.1"
     SHUTDOWN_GRACE: float = Field(20.0, ge=0)
+
+    ALERT_WS_DOWN_S: float = Field(60.0, gt=0)
+    ALERT_QUEUE_FULL_S: float = Field(300.0, gt=0)
+    ALERT_DISK_MIN_MB: float = Field(1024.0, ge=0)
 
     LOG_LEVEL: str = "INFO"
     LOG_DIR: str = "./logs"
@@ -115,6 +121,16 @@ class Settings(BaseSettings):
         value = value.strip().lower()
         if value not in ("auto", "off"):
             raise ValueError("must be auto or off")
+        return value
+
+    @field_validator("FEISHU_ADMIN_CHAT")
+    @classmethod
+    def _admin_chat(cls, value: str) -> str:
+        value = value.strip()
+        # The prefix decides the receive_id_type of every alert card, so it must be one of the
+        # two Feishu id kinds a message can be sent to.
+        if value and not value.startswith(("oc_", "ou_")):
+            raise ValueError("must be a chat_id (oc_…) or an open_id (ou_…), or empty")
         return value
 
     @field_validator("CLAUDE_PERMISSION_MODE")

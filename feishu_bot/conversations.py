@@ -254,7 +254,7 @@ class Conversations:
         outcome = "deferred" if status == "queued" else status
         if isinstance(exc, TurnTimeout):
             outcome = "timeout"
-        self.ctx.metrics.turn_finished(outcome)
+        self.ctx.metrics.turn_finished(outcome, error=exc)
         fields: dict[str, Any] = {"status": status, "error": error}
         if isinstance(exc, ClaudeError):
             fields.update(attempts=exc.attempts, exit_code=exc.exit_code)

@@ -24,12 +24,19 @@ from feishu_bot.events import InboundMessage
 from feishu_bot.feishu.inbound import MalformedEvent, parse_message_event
 from feishu_bot.handlers.attachments import keep_attachments, needs_question
 from feishu_bot.handlers.commands import parse_command, run_command
+from feishu_bot.handlers.menu import MENU_EVENT, MenuClick, P2pChats, parse_menu_event, run_menu
 
 if TYPE_CHECKING:
     from feishu_bot.context import BotContext
     from feishu_bot.feishu.access import AccessPolicy, RefusalLimiter
 
-__all__ = ["CARD_ACTION_EVENT", "MESSAGE_EVENT", "DispatchCounters", "Dispatcher"]
+__all__ = [
+    "CARD_ACTION_EVENT",
+    "MENU_EVENT",
+    "MESSAGE_EVENT",
+    "DispatchCounters",
+    "Dispatcher",
+]
 
 MESSAGE_EVENT = "im.message.receive_v1"
 CARD_ACTION_EVENT = "card.action.trigger"
@@ -48,6 +55,7 @@ class DispatchCounters:
     commands: int = 0
     turns_accepted: int = 0
     card_actions: int = 0
+    menu_clicks: int = 0
 
 
 class Dispatcher:
@@ -65,6 +73,7 @@ class Dispatcher:
         self._bot_open_id = bot_open_id
         self._access = access
         self._refusals = refusals
+        self._p2p = P2pChats()  # who is in which private chat, for menu clicks
         self.counters = DispatchCounters()
 
     async def handle(self, envelope: dict[str, Any]) -> dict[str, Any] | None:
@@ -75,6 +84,10 @@ class Dispatcher:
         if event_type == CARD_ACTION_EVENT:
             self.counters.card_actions += 1
             return await self._card_action(envelope)
+        if event_type == MENU_EVENT:
+            self.counters.menu_clicks += 1
+            await self._menu(envelope)
+            return None
         if event_type != MESSAGE_EVENT:
             logger.debug("dispatch: ignoring event type {}", event_type)
             return None
@@ -85,7 +98,9 @@ class Dispatcher:
             self.counters.malformed += 1
             await self._on_malformed(envelope, str(exc))
             return None
-        if msg.chat_type != "p2p" and not msg.mentioned_bot:
+        if msg.chat_type == "p2p":
+            self._p2p.note(msg.sender_open_id, msg.chat_id)
+        elif not msg.mentioned_bot:
             return None
         self._ctx.replier.note_chat(msg.message_id, msg.chat_id)  # pace its replies per chat
         with logger.contextualize(conversation=msg.conversation_key, message_id=msg.message_id):
@@ -149,6 +164,55 @@ class Dispatcher:
         except Exception:
             logger.exception("dispatch: card action failed")
             return {"toast": {"type": "error", "content": "Something went wrong; try again."}}
+
+    # -- the bot menu --------------------------------------------------------------------------
+    async def _menu(self, envelope: dict[str, Any]) -> None:
+        """Dedupe by event id, check access, then run the command off the ack's path."""
+        click = parse_menu_event(envelope)
+        if click is None:
+            self.counters.malformed += 1
+            logger.warning("dispatch: skipping a menu event without an operator")
+            return
+        store = self._ctx.store
+        if not await store.mark_processed(f"menu:{click.event_id}"):
+            self.counters.duplicates_dropped += 1
+            return
+        chat_id = self._p2p.get(click.open_id) or await store.p2p_chat_of(click.open_id)
+        if not self._access.allows(click.open_id, chat_id or ""):
+            self.counters.refused += 1
+            logger.info("dispatch: refused menu click by {}", click.open_id)
+            if self._refusals.should_reply(click.open_id):
+                from feishu_bot.feishu.access import refusal_text
+
+                text = refusal_text(click.open_id, chat_id or "?")
+                self._ctx.turns.spawn(self._to_user(click.open_id, text), name="menu-refusal")
+            return
+        self.counters.commands += 1
+        self._ctx.turns.spawn(self._menu_command(click, chat_id), name=f"menu:{click.event_id}")
+
+    async def _menu_command(self, click: MenuClick, chat_id: str | None) -> None:
+        key = f"p2p:{chat_id}" if chat_id else f"user:{click.open_id}"
+        with logger.contextualize(conversation=key, message_id=f"menu:{click.event_id}"):
+            try:
+                logger.info("menu {!r}", click.key)
+                text = await run_menu(self._ctx, click, chat_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.exception("menu {!r} failed", click.key)
+                text, _ = wording.describe_error(exc, timeout_s=self._ctx.settings.CLAUDE_TIMEOUT)
+            await self._to_user(click.open_id, text)
+
+    async def _to_user(self, open_id: str, text: str) -> None:
+        """A new message to the user's private chat with the bot (nothing to reply to)."""
+        from feishu_bot.feishu.render import text_content
+
+        try:
+            await self._ctx.replier.send(
+                open_id, "text", text_content(text), receive_id_type="open_id"
+            )
+        except Exception:
+            logger.exception("dispatch: could not send the menu's answer")
 
     # -- replies that are not turns ----------------------------------------------------------
     async def _on_malformed(self, envelope: dict[str, Any], reason: str) -> None:

@@ -1,15 +1,21 @@
 """Prometheus metrics, kept in a registry per bot (never the process-global default one).
 
-Counters the components already keep (launcher stats, dispatch counters, gateway reconnects) are
-read at scrape time by a collector, so no component depends on Prometheus. Only the two
-histograms need observations, which the chat handler reports through `BotMetrics`.
+Counters the components already keep (launcher stats, dispatch counters, gateway reconnects,
+the alerts' state) are read at scrape time by a collector, so no component depends on
+Prometheus. Only turn outcomes and the histograms need observations, which the turn's owner
+reports through `BotMetrics`; it passes each finished turn on to `on_turn` (the alerts).
+
+Timestamps (last frame, last successful turn) are exported as epoch seconds, 0 for "never", so
+a rule computes the age with `time() - …` whatever the scrape interval.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from loguru import logger
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -21,12 +27,19 @@ _DURATION_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
 _WAIT_BUCKETS = (0.01, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 
 
+OnTurn = Callable[[str, BaseException | None], None]
+
+
 class _LiveCollector(Collector):
-    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self, snapshot: Callable[[], dict[str, Any]], last_ok: Callable[[], float | None]
+    ) -> None:
         self._snapshot = snapshot
+        self._last_ok = last_ok
 
     def collect(self) -> Iterator[Metric]:
         snap = self._snapshot()
+        yield from self._liveness(snap)
         gauges = {
             "feishu_bot_active_turns": ("claude processes running", snap.get("active", 0)),
             "feishu_bot_queued_turns": ("turns waiting for a slot", snap.get("queued", 0)),
@@ -59,12 +72,45 @@ class _LiveCollector(Collector):
         for name, (doc, value) in counters.items():
             yield CounterMetricFamily(name, doc, value=value)
 
+    def _liveness(self, snap: dict[str, Any]) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "feishu_bot_websocket_last_frame_timestamp_seconds",
+            "when the last frame (event, pong) came from Feishu, epoch seconds; 0 = never",
+            value=snap.get("last_frame") or 0.0,
+        )
+        yield GaugeMetricFamily(
+            "feishu_bot_last_ok_turn_timestamp_seconds",
+            "when the last turn succeeded, epoch seconds; 0 = none since start",
+            value=self._last_ok() or 0.0,
+        )
+        alerts = GaugeMetricFamily(
+            "feishu_bot_alert_active",
+            "1 while an alert condition is active (see FEISHU_ADMIN_CHAT)",
+            labels=["condition"],
+        )
+        for condition, value in sorted(snap.get("alerts", {}).items()):
+            alerts.add_metric([condition], value)
+        yield alerts
+        disk = GaugeMetricFamily(
+            "feishu_bot_disk_free_bytes",
+            "free bytes where the directory a setting names lives",
+            labels=["directory"],
+        )
+        for directory, free in sorted(snap.get("disk", {}).items()):
+            disk.add_metric([directory], free)
+        yield disk
+
 
 class BotMetrics:
     """The bot's metrics: turn outcomes and histograms, plus live values read on scrape."""
 
-    def __init__(self, snapshot: Callable[[], dict[str, Any]] = dict) -> None:
+    def __init__(
+        self, snapshot: Callable[[], dict[str, Any]] = dict, *, on_turn: OnTurn | None = None
+    ) -> None:
+        """`on_turn(outcome, error)` hears of every finished turn (it must not block)."""
         self.registry = CollectorRegistry(auto_describe=True)
+        self._on_turn = on_turn
+        self.last_ok_at: float | None = None  # epoch seconds of the last successful turn
         self.turns = Counter(
             "feishu_bot_turns", "finished turns by outcome", ["outcome"], registry=self.registry
         )
@@ -80,23 +126,46 @@ class BotMetrics:
             buckets=_WAIT_BUCKETS,
             registry=self.registry,
         )
+        self.cost = Counter(
+            "feishu_bot_cost_usd",
+            "USD the CLI reported for successful turns (each turn's own cost)",
+            registry=self.registry,
+        )
         self.first_text_latency = Histogram(
             "feishu_bot_first_text_seconds",
             "time from writing a turn to the first streamed text",
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
             registry=self.registry,
         )
-        self._live = _LiveCollector(snapshot)
+        self._live = _LiveCollector(snapshot, lambda: self.last_ok_at)
         self.registry.register(self._live)
 
     def bind(self, snapshot: Callable[[], dict[str, Any]]) -> None:
         """Set the live snapshot source once the components exist."""
         self._live._snapshot = snapshot
 
-    def turn_finished(self, outcome: str, seconds: float | None = None) -> None:
+    def turn_finished(
+        self,
+        outcome: str,
+        seconds: float | None = None,
+        *,
+        error: BaseException | None = None,
+        cost_usd: float = 0.0,
+    ) -> None:
+        """Count a finished turn; `error` is why it did not succeed (for the alerts),
+        `cost_usd` the turn's own cost (not a warm process's running total)."""
         self.turns.labels(outcome=outcome).inc()
+        if cost_usd > 0:
+            self.cost.inc(cost_usd)
         if seconds is not None:
             self.turn_duration.observe(max(0.0, seconds))
+        if outcome == "ok":
+            self.last_ok_at = time.time()
+        if self._on_turn is not None:
+            try:
+                self._on_turn(outcome, error)
+            except Exception:  # bookkeeping must never fail a turn
+                logger.exception("metrics: the turn listener failed")
 
     def turn_started(self, waited_seconds: float) -> None:
         self.queue_wait.observe(max(0.0, waited_seconds))

@@ -13,7 +13,9 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import os
 
     for name in list(os.environ):
-        if name.startswith(("FEISHU_", "CLAUDE_", "LOG_", "HEALTH_", "DATABASE_", "SESSION_")):
+        if name.startswith(
+            ("FEISHU_", "CLAUDE_", "LOG_", "HEALTH_", "DATABASE_", "SESSION_", "ALERT_")
+        ):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
 
@@ -31,6 +33,8 @@ def test_defaults_are_the_documented_contract(monkeypatch: pytest.MonkeyPatch) -
     assert s.DATABASE_PATH == Path("./data/feishu_bot.db")
     assert (s.SESSION_STALE_HOURS, s.HEALTH_INTERVAL, s.HEALTH_PORT) == (24.0, 30.0, 0)
     assert (s.SHUTDOWN_GRACE, s.LOG_LEVEL, s.LOG_DIR, s.LOG_JSON) == (20.0, "INFO", "./logs", False)
+    assert s.FEISHU_ADMIN_CHAT == ""  # alerts only logged
+    assert (s.ALERT_WS_DOWN_S, s.ALERT_QUEUE_FULL_S, s.ALERT_DISK_MIN_MB) == (60.0, 300.0, 1024.0)
 
 
 def test_missing_credentials_name_both_variables() -> None:
@@ -51,6 +55,10 @@ def test_missing_credentials_name_both_variables() -> None:
         ("CLAUDE_RETRY_DELAY", "-0.5"),
         ("FEISHU_DOMAIN", "open.feishu.cn"),
         ("LOG_LEVEL", "LOUD"),
+        ("FEISHU_ADMIN_CHAT", "the-admins"),
+        ("ALERT_WS_DOWN_S", "0"),
+        ("ALERT_QUEUE_FULL_S", "-1"),
+        ("ALERT_DISK_MIN_MB", "lots"),
     ],
 )
 def test_bad_values_name_the_variable(
@@ -100,3 +108,13 @@ def test_env_file_is_exported_for_the_claude_child_without_overriding(
     assert os.environ["SOME_TOOL_VAR"] == "from-env"
     monkeypatch.delenv("ANTHROPIC_API_KEY")
     export_env_file(tmp_path / "missing.env")  # no file: nothing happens
+
+
+@pytest.mark.parametrize("value", ["oc_0123abcd", "ou_0123abcd", " oc_x "])
+def test_the_admin_chat_is_a_chat_id_or_an_open_id(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    for key, val in BASE.items():
+        monkeypatch.setenv(key, val)
+    monkeypatch.setenv("FEISHU_ADMIN_CHAT", value)
+    assert load_settings(None).FEISHU_ADMIN_CHAT == value.strip()

@@ -3,17 +3,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
 from feishu_bot.claude.control import TurnAttempt
 from feishu_bot.claude.launcher_config import LauncherConfig
 from feishu_bot.claude.policy import ResumePoint
-from feishu_bot.claude.protocol import Outcome, ResultInfo, classify
+from feishu_bot.claude.protocol import Outcome, ResultInfo, classify, parse_result
 from feishu_bot.errors import PermanentCliError, TransientCliError
 from feishu_bot.events import TurnResult
 
-__all__ = ["api_failure", "cli_argv", "turn_error", "turn_result"]
+__all__ = [
+    "api_failure",
+    "auth_refusal",
+    "cli_argv",
+    "not_logged_in",
+    "turn_error",
+    "turn_result",
+]
 
 
 def cli_argv(
@@ -101,4 +109,28 @@ def api_failure(result: ResultInfo | None) -> bool:
     """The attempt ended with an error answer of the Anthropic API (any status)."""
     return result is not None and result.is_error and (
         result.api_error_status is not None or result.terminal_reason == "api_error"
+    )
+
+
+def auth_refusal(obj: dict[str, Any]) -> str | None:
+    """``"401 authentication_failed"`` for the CLI's announcement of a retry after the API
+    refused its credentials (measured on 2.1.329), else None."""
+    if obj.get("type") != "system" or obj.get("subtype") != "api_retry":
+        return None
+    status, error = obj.get("error_status"), obj.get("error")
+    if status != 401 and error != "authentication_failed":
+        return None
+    return " ".join(str(part) for part in (status, error) if part is not None)
+
+
+def not_logged_in(result: ResultInfo | None, refusal: str) -> ResultInfo:
+    """The result of a turn stopped at its first refused retry: what the CLI would have said
+    minutes later, worded so that ``classify`` names the cause (an auth marker)."""
+    sentence = f"Claude is not logged in: the API refused its credentials ({refusal})"
+    return dataclasses.replace(
+        result or parse_result({}),
+        text=f"Not logged in · {sentence}",
+        is_error=True,
+        errors=(sentence,),
+        terminal_reason="api_error",
     )

@@ -33,6 +33,7 @@ from typing import Any
 from loguru import logger
 
 from feishu_bot.claude.control import READ_ONLY_TOOLS, ControlChannel, TurnAttempt, TurnState
+from feishu_bot.claude.outcome import auth_refusal, not_logged_in
 from feishu_bot.claude.process import kill_tree, reap_leftovers, spawn_cli
 from feishu_bot.claude.streams import TailBuffer, drain, read_lines
 from feishu_bot.events import (
@@ -109,6 +110,7 @@ class CliSession(ControlChannel):
         # by itself between ours, whose cost goes to our next turn) printed it.
         self._cost_total = 0.0
         self._unclaimed_cost = 0.0
+        self._auth_refusal: str | None = None  # set by the running turn's first 401 retry
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -180,6 +182,7 @@ class CliSession(ControlChannel):
         assert self._turn is None, "one turn at a time"
         turn = TurnState(on_event, ask_permission, mcp)
         self._turn = turn
+        self._auth_refusal = None
         mark = self._stderr.mark()
         try:
             early, self._early = self._early, []
@@ -203,7 +206,7 @@ class CliSession(ControlChannel):
                 turn.attempt.stopped = True
                 await _run_to_completion(self._stop_turn(turn))
                 raise
-            if turn.attempt.timed_out:
+            if turn.attempt.timed_out or self._auth_refusal is not None:
                 await _run_to_completion(self._stop_turn(turn))
         finally:
             self._turn = None
@@ -214,6 +217,9 @@ class CliSession(ControlChannel):
             for handler in list(self._handlers.values()):
                 handler.cancel()
         att = turn.attempt
+        if self._auth_refusal is not None:
+            att.parser.result = not_logged_in(att.parser.result, self._auth_refusal)
+            self._closing = True  # its credentials were refused: not worth keeping warm
         if not att.died and att.parser.result is not None and not att.parser.result.is_error:
             self.turns_done += 1
             if att.assistant_uuid:
@@ -221,7 +227,7 @@ class CliSession(ControlChannel):
         return att
 
     async def _until_done(self, turn: TurnState, timeout: float) -> None:
-        while not turn.done.done():
+        while not turn.done.done() and self._auth_refusal is None:
             remaining = timeout - turn.active_s()
             if remaining <= 0 and not turn.asking:
                 turn.attempt.timed_out = True
@@ -360,6 +366,11 @@ class CliSession(ControlChannel):
 
     async def _consume(self, turn: TurnState, obj: dict[str, Any]) -> None:
         kind = obj.get("type")
+        if self._auth_refusal is None and (refusal := auth_refusal(obj)):
+            # The CLI retries refused credentials for ~3 minutes (FACTS): stop at the first.
+            logger.warning("claude pid={}: the API refused the credentials ({})", self.pid, refusal)
+            self._auth_refusal = refusal
+            turn.ask_changed.set()  # wakes _until_done
         self._observe(turn, obj)
         for event in turn.attempt.parser.feed_object(obj):
             if event.kind == "init" and event.session_id:

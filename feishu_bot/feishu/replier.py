@@ -180,14 +180,23 @@ class FeishuReplier:
         return new_id
 
     async def send(
-        self, chat_id: str, msg_type: str, content: dict[str, Any], *, uuid: str | None = None
+        self,
+        chat_id: str,
+        msg_type: str,
+        content: dict[str, Any],
+        *,
+        uuid: str | None = None,
+        receive_id_type: str = "chat_id",
     ) -> str:
-        """Send a new message to a chat; returns its id."""
-        await self._pacer.wait(f"chat:{chat_id}")
+        """Send a new message to a chat; returns its id. With ``receive_id_type="open_id"``
+        ``chat_id`` is a user's open_id and the message goes to the bot's private chat with
+        them (Feishu's answer names that chat, and is remembered for pacing)."""
+        by_chat = receive_id_type == "chat_id"
+        await self._pacer.wait(f"chat:{chat_id}" if by_chat else f"{receive_id_type}:{chat_id}")
         body = await self._call(
             "POST",
             "/open-apis/im/v1/messages",
-            params={"receive_id_type": "chat_id"},
+            params={"receive_id_type": receive_id_type},
             json={
                 "receive_id": chat_id,
                 "msg_type": msg_type,
@@ -197,7 +206,10 @@ class FeishuReplier:
             op="send",
         )
         new_id = _data_str(body, "message_id", "send")
-        self.note_chat(new_id, chat_id)
+        if by_chat:
+            self.note_chat(new_id, chat_id)
+        else:
+            self._learn_chat(body, new_id)
         return new_id
 
     async def patch(self, message_id: str, content: dict[str, Any]) -> None:

@@ -174,7 +174,7 @@ async def run_chat_turn(
         ctx.metrics.first_text(first)
     final_text = result.text or "(Claude finished without any text.)"
     await stream.finish(final_text, note=turn_note(result))
-    ctx.metrics.turn_finished("ok", time.monotonic() - accepted_at)
+    ctx.metrics.turn_finished("ok", time.monotonic() - accepted_at, cost_usd=result.cost_usd)
     return result
 
 

@@ -16,9 +16,11 @@ import time
 from typing import Any
 
 __all__ = [
+    "BOT_MENU",
     "MESSAGE_RECEIVE",
     "bot_mention",
     "build_envelope",
+    "build_menu_event",
     "build_message_event",
     "new_id",
     "now_ms",
@@ -26,6 +28,7 @@ __all__ = [
 ]
 
 MESSAGE_RECEIVE = "im.message.receive_v1"
+BOT_MENU = "application.bot.menu_v6"
 
 
 def new_id(prefix: str = "", nbytes: int = 16) -> str:
@@ -129,3 +132,15 @@ def bot_mention(key: str, *, bot_open_id: str, bot_name: str, tenant_key: str) -
         "tenant_key": tenant_key,
         "mentioned_type": "bot",
     }
+
+
+def build_menu_event(
+    *, operator_open_id: str, event_key: str, operator_name: str = ""
+) -> dict[str, Any]:
+    """The body of ``application.bot.menu_v6`` (a click on the bot's custom menu): the
+    operator's ids, the menu item's ``event_key`` and a timestamp (a string of epoch seconds,
+    as in Feishu's example) — no chat and no message."""
+    operator: dict[str, Any] = {"operator_id": user_ids(operator_open_id)}
+    if operator_name:
+        operator["operator_name"] = operator_name
+    return {"operator": operator, "event_key": event_key, "timestamp": str(int(time.time()))}

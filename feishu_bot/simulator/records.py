@@ -174,6 +174,7 @@ class Records:
         self.messages: list[SentMessage] = []
         self.user_messages: dict[str, UserMessage] = {}
         self.p2p_chats: dict[str, str] = {}  # user open_id -> the bot's p2p chat with them
+        self.bot_chats: set[str] = set()  # groups the bot was added to (is_in_chat)
         self.reactions: list[Reaction] = []
         self.requests = requests if requests is not None else RequestLog()
         self.deliveries: list[Delivery] = []

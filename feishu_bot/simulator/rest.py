@@ -89,6 +89,7 @@ class RestApi:
         return [
             web.post(TOKEN_PATH, self.tenant_token),
             web.get("/open-apis/bot/v3/info", self.bot_info),
+            web.get("/open-apis/im/v1/chats/{chat_id}/members/is_in_chat", self.is_in_chat),
             web.post("/open-apis/im/v1/messages", self.create_message),
             web.post("/open-apis/im/v1/messages/{message_id}/reply", self.reply_message),
             web.patch("/open-apis/im/v1/messages/{message_id}", self.patch_message),
@@ -165,6 +166,20 @@ class RestApi:
                 },
             }
         )
+
+    async def is_in_chat(self, request: web.Request) -> web.Response:
+        """Whether the bot is in a chat: one it was added to (`records.bot_chats`), or one
+        where a user's message was pushed, or a private chat it has."""
+        chat_id = request.match_info["chat_id"]
+        if not chat_id.startswith("oc_"):
+            return error_response(400, 99992402, "field validation failed")
+        records = self.records
+        known = (
+            chat_id in records.bot_chats
+            or chat_id in records.p2p_chats.values()
+            or any(m.chat_id == chat_id for m in records.user_messages.values())
+        )
+        return ok({"is_in_chat": known})
 
     # -- messages ---------------------------------------------------------------------------
 

@@ -18,7 +18,14 @@ from aiohttp import web
 
 from . import envelopes
 from .cardkit import CardAction, CardKitApi, find_button
-from .envelopes import MESSAGE_RECEIVE, bot_mention, build_envelope, build_message_event
+from .envelopes import (
+    BOT_MENU,
+    MESSAGE_RECEIVE,
+    bot_mention,
+    build_envelope,
+    build_menu_event,
+    build_message_event,
+)
 from .faults import FaultRule, Faults
 from .media import SimMedia
 from .options import SimOptions
@@ -308,6 +315,14 @@ class FeishuSimulator:
         envelope = self._envelope(event_type, event, event_id)
         await self.hub.push(envelope, fragments)
         return envelope["header"]["event_id"]
+
+    async def push_menu(
+        self, event_key: str, *, operator_open_id: str = "ou_sim_user", event_id: str | None = None
+    ) -> str:
+        """Push an ``application.bot.menu_v6`` event: `operator_open_id` clicked the bot's
+        custom menu item `event_key`. Returns the event_id (`redeliver` pushes it again)."""
+        event = build_menu_event(operator_open_id=operator_open_id, event_key=event_key)
+        return await self.push_event(BOT_MENU, event, event_id=event_id)
 
     async def redeliver(self, event_id: str, *, fragments: int | None = None) -> Delivery:
         """Push the identical envelope again (same event_id and message_id), as Feishu does

@@ -191,3 +191,18 @@ async def test_prune_now_argument(store: SessionStore, clock: FakeClock):
     await store.update_turn(turn_id, status="done")
     assert (await store.prune(now=clock.now + 29 * DAY)).turns == 0
     assert (await store.prune(now=clock.now + 31 * DAY)).turns == 1
+
+
+async def test_p2p_chat_of_finds_the_newest_private_chat_of_a_user(store: SessionStore):
+    assert await store.p2p_chat_of("ou_alice") is None
+    await accept(store, "om_a", sender_open_id="ou_alice", chat_id="oc_old",
+                 conversation_key="p2p:oc_old")
+    await accept(store, "om_b", sender_open_id="ou_alice", chat_id="oc_p2p",
+                 conversation_key="p2p:oc_p2p")
+    # group turns, and other users' private chats, are not hers
+    await accept(store, "om_c", sender_open_id="ou_alice", chat_id="oc_group",
+                 conversation_key="group:oc_group")
+    await accept(store, "om_d", sender_open_id="ou_bob", chat_id="oc_bob",
+                 conversation_key="p2p:oc_bob")
+    assert await store.p2p_chat_of("ou_alice") == "oc_p2p"
+    assert await store.p2p_chat_of("ou_bob") == "oc_bob"

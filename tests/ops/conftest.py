@@ -39,6 +39,7 @@ _SCRUB_PREFIXES = (
     "FAKE_CLAUDE_",
     "ANTHROPIC_",
     "PM2_",
+    "ALERT_",
 )
 _SCRUB = ("IS_SANDBOX", "CLAUDECODE")
 

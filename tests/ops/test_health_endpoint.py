@@ -53,13 +53,18 @@ async def test_healthz_and_metrics_follow_the_bot(
         HEALTH_PORT=port, CLAUDE_MAX_CONCURRENT=1, CLAUDE_MAX_RETRIES=1, SHUTDOWN_GRACE=0
     )
     assert bot.find(rf"health endpoint on http://127\.0\.0\.1:{port}/healthz") is not None
+    # liveness on the health line: the age of Feishu's last frame, no successful turn yet
+    await bot.wait_line(r"health: .* ws up .* last-frame \d+s last-ok-turn never alerts none$")
     status, body = await healthz(port)
     assert status == 200, body
     assert body["healthy"] is True and body["stopping"] is False
-    assert body["websocket"] == {"connected": True, "reconnects": 0}
+    websocket = body["websocket"]
+    assert (websocket["connected"], websocket["reconnects"]) == (True, 0)
+    assert 0 <= websocket["last_frame_age_s"] < 60  # the connection's first frames
     assert body["database"] == {"ok": True}
     assert (body["active"], body["max_concurrent"], body["queued"]) == (0, 1, 0)
     assert body["uptime_s"] >= 0
+    assert body["last_ok_turn_age_s"] is None and body["alerts"] == []
 
     # Traffic that moves every number: an answer, a redelivery, a stale session, a retry.
     first = await sim.push_message(chat_id="oc_m1", text="hello metrics")
@@ -98,8 +103,20 @@ async def test_healthz_and_metrics_follow_the_bot(
     assert value(m, "feishu_bot_claude_evictions_total") >= 1
     assert value(m, "feishu_bot_claude_cold_starts_total") >= 4
     assert value(m, "feishu_bot_first_text_seconds_count") >= 2
+    assert value(m, "feishu_bot_last_ok_turn_timestamp_seconds") > 0
+    # the fake CLI reports a running total of $0.0104 (a process's first turn costs that)
+    assert value(m, "feishu_bot_cost_usd_total") > 0
+    assert value(m, "feishu_bot_websocket_last_frame_timestamp_seconds") > 0
+    for condition in ("ws_down", "claude_auth", "turn_failures", "degraded", "queue_full",
+                      "disk_low", "sandbox_off"):
+        assert (
+            "feishu_bot_alert_active", frozenset({("condition", condition)})
+        ) in m, condition
+        assert value(m, "feishu_bot_alert_active", condition=condition) == 0
+    assert value(m, "feishu_bot_disk_free_bytes", directory="CLAUDE_WORKDIR") > 0
     status, body = await healthz(port)
     assert status == 200 and (body["active"], body["queued"]) == (1, 1)
+    assert body["last_ok_turn_age_s"] >= 0
 
     # Feishu goes away and refuses new connections: unhealthy until it is back.
     refuse = sim.fail_next("POST", r"/callback/ws/endpoint$", status=503, count=10**6)
@@ -116,7 +133,8 @@ async def test_healthz_and_metrics_follow_the_bot(
     sim.faults.clear()
     await bot.wait_line(r"feishu gateway reconnected", start=mark, timeout=60)
     status, body = await healthz(port)
-    assert status == 200 and body["websocket"] == {"connected": True, "reconnects": 1}
+    assert status == 200
+    assert (body["websocket"]["connected"], body["websocket"]["reconnects"]) == (True, 1)
     assert value(await metrics(port), "feishu_bot_websocket_reconnects_total") == 1
 
     bot.send(signal.SIGTERM)
