@@ -20,6 +20,23 @@ if ! command -v chromium >/dev/null 2>&1; then
       "the browser test will fail. Install it with: apt-get install -y chromium" >&2
   fi
 fi
+# promtool (checks the shipped Prometheus rules): only the binary, taken out of Debian's
+# prometheus package into .tools/ (installing the package would also set up a server).
+if [ -z "${PROMTOOL:-}" ] && ! command -v promtool >/dev/null 2>&1; then
+  if [ ! -x .tools/bin/promtool ] && command -v apt-get >/dev/null 2>&1; then
+    echo "test.sh: fetching promtool from Debian's prometheus package"
+    mkdir -p .tools/bin .tools/prometheus-deb
+    ( cd .tools/prometheus-deb \
+        && { apt-get download prometheus >/dev/null 2>&1 \
+             || { [ "$(id -u)" = 0 ] && apt-get update -qq >/dev/null 2>&1 \
+                  && apt-get download prometheus >/dev/null 2>&1; }; } \
+        && dpkg-deb -x prometheus_*.deb extracted \
+        && cp extracted/usr/bin/promtool ../bin/promtool ) \
+      || echo "test.sh: could not fetch promtool; its rules test will be skipped" >&2
+    rm -rf .tools/prometheus-deb
+  fi
+  [ -x .tools/bin/promtool ] && export PROMTOOL="$ROOT/.tools/bin/promtool"
+fi
 export NO_PROXY="127.0.0.1,localhost${NO_PROXY:+,$NO_PROXY}"
 export no_proxy="$NO_PROXY"
 .venv/bin/ruff check .
