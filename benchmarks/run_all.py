@@ -255,6 +255,8 @@ class BotBench:
 
     def bot(self, name: str, **settings: Any) -> BotProcess:
         settings.setdefault("CLAUDE_MAX_CONCURRENT", self.cap)
+        # The load comes from one simulated user: the global limits are what is measured.
+        settings.setdefault("CLAUDE_USER_QUEUE_MAX", 0)
         return BotProcess(
             bot_env(self.env, self.sim, self.tmp, **settings),
             self.tmp / f"{name}.log",

@@ -16,7 +16,7 @@ import signal
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
@@ -31,6 +31,9 @@ from feishu_bot.startup import (
     wait_for_bot_info,
     wait_stop_or_gateway_failure,
 )
+
+if TYPE_CHECKING:
+    from feishu_bot.context import GatewayStatus
 
 __all__ = ["Bot", "run_app"]
 
@@ -216,8 +219,8 @@ class Bot:
                 allowed_tools=(*s.allowed_tools, SEND_FILE_TOOL),
             ),
             store,
+            default_mcp=FeishuMcp(_no_turn_send),
         )
-        launcher.default_mcp = FeishuMcp(_no_turn_send)
         stack.push_async_callback(launcher.aclose)
         self.launcher = launcher
 
@@ -226,23 +229,35 @@ class Bot:
 
         access = AccessPolicy(s.FEISHU_ALLOWED_USERS, s.FEISHU_ALLOWED_CHATS, s.FEISHU_ALLOW_ALL)
         from feishu_bot.handlers.cards import card_services
+        from feishu_bot.handlers.chat import ChatRunner
 
-        cards = card_services(s, store)  # signer, CardStreamFactory, ApprovalBroker, answers
-        conversations = Conversations(access=access, stream_factory=cards.stream_factory)
+        cards = card_services(s, store)  # signer, reply sinks, ApprovalBroker, answers
+        runner = ChatRunner(s, store, replier, launcher, cards.broker, workdir_root)
+        conversations = Conversations(
+            store=store,
+            replier=replier,
+            launcher=launcher,
+            turns=turns,
+            metrics=metrics,
+            access=access,
+            sinks=cards.stream_factory,
+            runner=runner,
+            approvals=cards.broker,
+            timeout_s=s.CLAUDE_TIMEOUT,
+        )
         ctx = BotContext(
             settings=s,
             store=store,
             launcher=launcher,
             replier=replier,
             turns=turns,
+            conversations=conversations,
             workdir_root=workdir_root,
             gateway_status=self._gateway_status,
             metrics=metrics,
-            conversations=conversations,
             approvals=cards.broker,
             card_answers=cards.answers,
         )
-        conversations.bind(ctx)
         self._ctx = ctx
         dispatcher = Dispatcher(
             ctx, bot_open_id=bot_open_id, access=access, refusals=RefusalLimiter()
@@ -344,11 +359,11 @@ class Bot:
             "max": stats.max_concurrent if stats else 0,
             "retried": stats.retried if stats else 0,
             "stale": stats.stale_cleared if stats else 0,
-            "ws": status["connected"],
-            "reconnects": status["reconnects"],
+            "ws": status.connected,
+            "reconnects": status.reconnects,
             "duplicates": counters.duplicates_dropped if counters else 0,
             "uptime": self._ctx.uptime_s if self._ctx is not None else 0.0,
-            "last_frame": status["last_frame_at"],
+            "last_frame": status.last_frame_at,
             "alerts": self.alerts.gauges() if self.alerts else {},
             "disk": self.alerts.disk_free() if self.alerts else {},
         }
@@ -380,15 +395,17 @@ class Bot:
             "stopping": self._stop.is_set(),
         }
 
-    def _gateway_status(self) -> dict[str, Any]:
+    def _gateway_status(self) -> GatewayStatus:
+        from feishu_bot.context import GatewayStatus
+
         gateway = self.gateway
         if gateway is None:
-            return {"connected": False, "reconnects": 0, "last_frame_at": None}
-        return {
-            "connected": bool(gateway.connected),
-            "reconnects": int(gateway.reconnects),
-            "last_frame_at": gateway.last_frame_at,
-        }
+            return GatewayStatus(connected=False)
+        return GatewayStatus(
+            connected=bool(gateway.connected),
+            reconnects=int(gateway.reconnects),
+            last_frame_at=gateway.last_frame_at,
+        )
 
     def _alert_sample(self) -> Any:
         from feishu_bot.alerts import sample_of
@@ -413,10 +430,10 @@ class Bot:
         active = self.alerts.active() if self.alerts else []
         return {
             **warm,
-            "ws": "up" if status["connected"] else "down",
-            "reconnects": status["reconnects"],
+            "ws": "up" if status.connected else "down",
+            "reconnects": status.reconnects,
             "dup": counters.duplicates_dropped if counters else 0,
-            "last-frame": _ago(status["last_frame_at"]),
+            "last-frame": _ago(status.last_frame_at),
             "last-ok-turn": _ago(last_ok),
             "alerts": ",".join(a["condition"] for a in active) or "none",
         }

@@ -49,6 +49,7 @@ from feishu_bot.approval_text import (
 from feishu_bot.events import AskPermission, PermissionDecision, PermissionRequest
 from feishu_bot.feishu.buttons import ButtonSigner, ButtonValue
 from feishu_bot.feishu.render import Block, Button, literal_mentions
+from feishu_bot.keys import ConversationKey
 
 __all__ = ["ASK_USER_QUESTION", "ApprovalBroker", "BlockSink", "GrantStore", "summarize"]
 
@@ -206,7 +207,7 @@ class ApprovalBroker:
 
     def _may_grant(self, pending: _Pending, operator: str) -> bool:
         """Always allow: anyone who may answer in a private chat; approvers only in groups."""
-        return pending.conversation_key.startswith("p2p:") or operator in self._approvers
+        return _private(pending.conversation_key) or operator in self._approvers
 
     def _answer_question(
         self, pending: _Pending, value: ButtonValue, operator: str
@@ -255,7 +256,7 @@ class ApprovalBroker:
         rid, tool = pending.request_id, request.tool_name
         scope = pending.scope = grant_scope(tool, request.input, request.suggestions)
         choices = [("Allow once", "allow", "primary")]
-        always_ok = key.startswith("p2p:") or bool(self._approvers)
+        always_ok = _private(key) or bool(self._approvers)
         if always_ok:
             label = _clip(f"Always allow {scope.rule}", _BUTTON_CHARS)
             choices.append((label, "allow_always", "default"))
@@ -272,7 +273,7 @@ class ApprovalBroker:
             body = summarize(tool, request.input) + "\n"
         always = ""
         if always_ok:
-            only = " (in a group: approvers only)" if not key.startswith("p2p:") else ""
+            only = "" if _private(key) else " (in a group: approvers only)"
             always = f"*Always allow* = {scope.label}, in this conversation until /new{only}.\n"
         ask_text = (
             f"{title}\n{body}{always}"
@@ -418,6 +419,13 @@ class ApprovalBroker:
             option=extra.get("o"),
             question=extra.get("q"),
         )
+
+
+def _private(key: str) -> bool:
+    try:
+        return ConversationKey.parse(key).is_private
+    except ValueError:
+        return False
 
 
 def _qid(pending: _Pending, q: int) -> str:

@@ -6,19 +6,30 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from feishu_bot.metrics import BotMetrics
 
 if TYPE_CHECKING:
     from database.store import SessionStore
+    from feishu_bot.approvals import ApprovalBroker
     from feishu_bot.claude.launcher import Launcher
     from feishu_bot.config import Settings
     from feishu_bot.conversations import Conversations
     from feishu_bot.feishu.replier import FeishuReplier
+    from feishu_bot.handlers.cards import RecentAnswers
     from feishu_bot.turns import TurnRegistry
 
-__all__ = ["BotContext"]
+__all__ = ["BotContext", "GatewayStatus"]
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayStatus:
+    """The long connection as handlers see it."""
+
+    connected: bool
+    reconnects: int = 0
+    last_frame_at: float | None = None  # wall clock of the last frame from Feishu
 
 
 @dataclass(frozen=True)
@@ -29,15 +40,15 @@ class BotContext:
     store: SessionStore
     launcher: Launcher
     replier: FeishuReplier
-    turns: TurnRegistry
+    turns: TurnRegistry  # tracked tasks that are not turns (replies, clicks' work)
+    conversations: Conversations
     workdir_root: Path
-    started_at: float = field(default_factory=time.monotonic)
-    gateway_status: Callable[[], dict[str, Any]] = dict
+    gateway_status: Callable[[], GatewayStatus]
     metrics: BotMetrics = field(default_factory=BotMetrics)
-    conversations: Conversations | None = None  # type: ignore[assignment]
-    # Optional services of the cards and files features (None: rules only / no MCP tools).
-    approvals: Any = None
-    card_answers: Any = None  # the answers of recent clicks, for redeliveries
+    # None: tool requests are decided by the rules alone (nobody can be asked).
+    approvals: ApprovalBroker | None = None
+    card_answers: RecentAnswers | None = None  # the answers of recent clicks, for redeliveries
+    started_at: float = field(default_factory=time.monotonic)
 
     @property
     def uptime_s(self) -> float:

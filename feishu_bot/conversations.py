@@ -1,111 +1,126 @@
 """The one owner of a conversation at run time.
 
 It admits a message as a turn (a place in the launcher's queue, fixed synchronously, then a
-journal row, durably, before the event is acked), runs it, and writes every journal
-transition: queued → running → done | failed | cancelled | interrupted (or back to queued when
-a shutdown catches it waiting). It stops a conversation's turns (``/stop``, the Stop button),
-replays what a crash left in the journal (checking access again), and owns each turn's reply
-stream from creation to its last word.
+journal row, durably, before the event is acked), runs it through the runner it was handed,
+and ends it through its `Turn` (turn.py), the only writer of the turn's journal row:
+queued → running → done | failed | cancelled | interrupted (or back to queued when a shutdown
+catches it waiting). It stops turns (``/stop`` a whole conversation, a card's Stop one turn,
+settling a waiting approval first), answers where a conversation stands (`status`), replays
+what a crash left in the journal (checking access again), and owns each turn's reply from
+creation to its last word. The registry of turn tasks is its own.
 
 Invariants:
 - A turn's final journal state is written whatever is cancelled around it: the write is
   shielded and a second cancel does not skip it.
 - A message is acked only after its journal row exists (or it was found to be a duplicate).
 
-What it does not do: parse Feishu events or filter them (dispatch does), or run processes
-(the launcher does).
+What it does not do: parse Feishu events or filter them (dispatch does), prepare a turn's
+input or run Claude (the runner does), or run processes (the launcher does).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from loguru import logger
 
+from database.models import TurnStatus
 from feishu_bot import wording
-from feishu_bot.errors import ClaudeError, QueueFull, TurnTimeout
-from feishu_bot.events import Attachment, InboundMessage
+from feishu_bot.errors import QueueFull
+from feishu_bot.events import InboundMessage
+from feishu_bot.keys import ConversationKey
+from feishu_bot.turn import Turn
+from feishu_bot.turn_input import attachments_from_items
 
 if TYPE_CHECKING:
-    from database.models import Turn
+    from database.models import Turn as JournalRow
+    from database.store import SessionStore
+    from feishu_bot.approvals import ApprovalBroker
+    from feishu_bot.claude.launcher import Launcher
     from feishu_bot.claude.scheduler import Ticket
-    from feishu_bot.context import BotContext
+    from feishu_bot.events import TurnResult
     from feishu_bot.feishu.access import AccessPolicy
-    from feishu_bot.turns import TurnHandle
+    from feishu_bot.feishu.replier import FeishuReplier
+    from feishu_bot.feishu.reply_sink import ReplySink, ReplySinkFactory
+    from feishu_bot.metrics import BotMetrics
+    from feishu_bot.turns import TurnHandle, TurnRegistry
 
-__all__ = ["Conversations", "default_workdir", "split_key"]
+__all__ = ["Admission", "ConversationStatus", "Conversations", "Runner"]
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-
-
-def default_workdir(root: Path, key: str, *, shared: bool) -> Path:
-    """Where a new conversation works: its own directory under CLAUDE_WORKDIR, or the shared
-    root itself when the operator chose CLAUDE_SHARED_WORKDIR."""
-    if shared:
-        return root
-    return root / _UNSAFE.sub("_", key.replace(":", "-"))[:120]
+Runner = Callable[[Turn, "Ticket | None"], Awaitable["TurnResult"]]
 
 
-def split_key(key: str) -> tuple[str, str | None]:
-    kind, _, rest = key.partition(":")
-    if kind == "thread":
-        _, _, root = rest.partition(":")
-        return "group", root or None
-    return ("p2p" if kind == "p2p" else "group"), None
+class Admission(StrEnum):
+    """What `admit` did with a message."""
+
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    BUSY = "busy"  # refused by the queue limits; the user was told
 
 
-@dataclass
-class _Stopping:
-    reason: str
+@dataclass(frozen=True, slots=True)
+class ConversationStatus:
+    """Where a conversation's turns stand: the running one, and how many wait."""
+
+    running: bool
+    waiting: int
 
 
 class Conversations:
     """Admits, runs, stops and recovers turns; see the module docstring."""
 
-    def __init__(self, *, access: AccessPolicy, stream_factory: Any) -> None:
-        self._ctx: BotContext | None = None
+    def __init__(
+        self,
+        *,
+        store: SessionStore,
+        replier: FeishuReplier,
+        launcher: Launcher,
+        turns: TurnRegistry,
+        metrics: BotMetrics,
+        access: AccessPolicy,
+        sinks: ReplySinkFactory,
+        runner: Runner,
+        approvals: ApprovalBroker | None,
+        timeout_s: float,
+    ) -> None:
+        self._store = store
+        self._replier = replier
+        self._launcher = launcher
+        self._turns = turns
+        self._metrics = metrics
         self._access = access
-        self._stream_factory = stream_factory
+        self._sinks = sinks
+        self._runner = runner
+        self._approvals = approvals
+        self._timeout_s = timeout_s
         self._accepting = True
-
-    def bind(self, ctx: BotContext) -> None:
-        """Called once by the composition root after the context is built."""
-        self._ctx = ctx
-
-    @property
-    def ctx(self) -> BotContext:
-        assert self._ctx is not None, "Conversations used before bind()"
-        return self._ctx
 
     def stop_accepting(self) -> None:
         """Shutdown: a turn that still arrives is journaled as queued and not run."""
         self._accepting = False
 
     # ------------------------------------------------------------------ admission
-    async def admit(self, msg: InboundMessage) -> str:
+    async def admit(self, msg: InboundMessage) -> Admission:
         """Take a message as a turn: fix its place, journal it, start it. Returns once the
-        journal row exists (the caller acks after that): "accepted", "duplicate", or "busy"
-        (the user is told)."""
-        ctx = self.ctx
+        journal row exists (the caller acks after that)."""
         try:
-            ticket = ctx.launcher.reserve(
+            ticket = self._launcher.reserve(
                 msg.conversation_key, msg.sender_open_id, count_rejection=False
             )
         except QueueFull as exc:
-            if await ctx.store.mark_processed(msg.message_id):  # not a redelivery
-                ctx.launcher.note_rejected()
-                ctx.metrics.turn_finished("busy")
+            if await self._store.mark_processed(msg.message_id):  # not a redelivery
+                self._launcher.note_rejected()
+                self._metrics.turn_finished("busy")
                 text, _ = wording.describe_error(exc)
-                ctx.turns.spawn(self._reply(msg, text), name=f"busy:{msg.message_id}")
-                return "busy"
-            return "duplicate"
+                self._turns.spawn(self._reply(msg, text), name=f"busy:{msg.message_id}")
+                return Admission.BUSY
+            return Admission.DUPLICATE
         try:
-            turn_id = await ctx.store.accept_message(
+            turn_id = await self._store.accept_message(
                 msg.message_id,
                 conversation_key=msg.conversation_key,
                 chat_id=msg.chat_id,
@@ -115,66 +130,64 @@ class Conversations:
                 attachments=msg.attachments,
             )
         except BaseException:
-            ctx.launcher.cancel_reservation(ticket)
+            self._launcher.cancel_reservation(ticket)
             raise
         if turn_id is None:
-            ctx.launcher.cancel_reservation(ticket)
+            self._launcher.cancel_reservation(ticket)
             logger.info("dispatch: duplicate delivery dropped")
-            return "duplicate"
+            return Admission.DUPLICATE
         self._start(msg, turn_id, ticket)
-        return "accepted"
+        return Admission.ACCEPTED
 
     def _start(
         self, msg: InboundMessage, turn_id: int, ticket: Ticket, card: str | None = None
     ) -> None:
-        handle = self.ctx.turns.admit(msg.conversation_key, msg.message_id, turn_id)
-        self.ctx.turns.start(handle, self._turn(msg, handle, turn_id, ticket, card))
+        handle = self._turns.admit(msg.conversation_key, msg.message_id, turn_id)
+        self._turns.start(handle, self._run(msg, handle, turn_id, ticket, card))
 
     async def _reply(self, msg: InboundMessage, text: str) -> None:
         try:
-            await self.ctx.replier.reply_text(msg.message_id, text, in_thread=msg.in_thread)
+            await self._replier.reply_text(msg.message_id, text, in_thread=msg.in_thread)
         except Exception:
             logger.exception("could not send a reply")
 
-    # ------------------------------------------------------------------ stopping
+    # ------------------------------------------------------------------ stopping, status
     def stop(self, key: str) -> int:
         """Stop the running turn (interrupt) and cancel the queued ones of a conversation.
         A waiting approval is settled first ("stopped": deny and interrupt), so the card
         records it."""
-        broker = self.ctx.approvals
-        if broker is not None:
-            broker.stop_conversation(key)
-        return self.ctx.turns.cancel_conversation(key, "stop")
+        if self._approvals is not None:
+            self._approvals.stop_conversation(key)
+        return self._turns.cancel_conversation(key, "stop")
 
     def stop_turn(self, key: str, turn_id: int) -> bool:
         """Stop one turn (the Stop button of its card): a queued one leaves the queue, the
         running one is interrupted (its waiting approval settled first); the conversation's
         other turns go on. False when that turn is not waiting or running any more."""
-        handle = self.ctx.turns.handle_of(key, turn_id)
+        handle = self._turns.handle_of(key, turn_id)
         if handle is None:
             return False
-        broker = self.ctx.approvals
-        if broker is not None:
-            broker.stop_turn(key, turn_id)
-        return self.ctx.turns.cancel_turn(handle, "stop")
+        if self._approvals is not None:
+            self._approvals.stop_turn(key, turn_id)
+        return self._turns.cancel_turn(handle, "stop")
+
+    def status(self, key: str) -> ConversationStatus:
+        handles = self._turns.handles(key)
+        running = any(h.running for h in handles)
+        return ConversationStatus(running, len(handles) - (1 if running else 0))
 
     # ------------------------------------------------------------------ one turn
-    def _new_stream(self, message_id: str, in_thread: bool, key: str, turn_id: int) -> Any:
-        factory = self._stream_factory
-        if isinstance(factory, type):  # a plain ReplyStream class (tests, PATCH-only)
-            return factory(self.ctx.replier, message_id, in_thread=in_thread)
-        return factory(
-            self.ctx.replier, message_id, in_thread=in_thread, conversation_key=key, turn_id=turn_id
+    def _new_sink(self, message_id: str, in_thread: bool, key: str, turn_id: int) -> ReplySink:
+        return self._sinks(
+            self._replier, message_id, in_thread=in_thread, conversation_key=key, turn_id=turn_id
         )
 
-    def _watch_ui(self, stream: Any, turn_id: int, card: str | None) -> None:
+    def _watch_ui(self, stream: ReplySink, turn_id: int, card: str | None) -> None:
         """Journal the turn's reaction and card as they appear; reuse a card a crashed run of
         the same turn left behind."""
-        if card and hasattr(stream, "adopt"):
+        if card:
             stream.adopt(card)
-        if not hasattr(stream, "on_ui"):
-            return
-        store, turns = self.ctx.store, self.ctx.turns
+        store, turns = self._store, self._turns
 
         def on_ui(kind: str, value: str) -> None:
             field = "reaction_id" if kind == "reaction" else "card_message_id"
@@ -182,7 +195,7 @@ class Conversations:
 
         stream.on_ui = on_ui
 
-    async def _turn(
+    async def _run(
         self,
         msg: InboundMessage,
         handle: TurnHandle,
@@ -190,192 +203,125 @@ class Conversations:
         ticket: Ticket,
         card: str | None = None,
     ) -> None:
-        from feishu_bot.handlers.chat import run_chat_turn
-
-        ctx = self.ctx
-        stream = None
+        turn: Turn | None = None
         with logger.contextualize(conversation=msg.conversation_key, message_id=msg.message_id):
             try:
-                stream = self._new_stream(
+                stream = self._new_sink(
                     msg.message_id, msg.in_thread, msg.conversation_key, turn_id
+                )
+                turn = Turn(
+                    turn_id, msg, handle, stream, self._store, self._metrics, self._timeout_s
                 )
                 self._watch_ui(stream, turn_id, card)
                 if not self._accepting:
-                    logger.info("turn {} arrived during shutdown: kept queued", turn_id)
-                    ctx.launcher.cancel_reservation(ticket)
-                    await self._finish(stream, turn_id, wording.DEFERRED, "queued", "shutdown")
+                    self._launcher.cancel_reservation(ticket)
+                    await turn.defer()
                     return
                 logger.info("turn {} accepted", turn_id)
-                await run_chat_turn(
-                    ctx, msg, stream, turn_id=turn_id, ticket=ticket,
-                    on_first_event=lambda _e: setattr(handle, "running", True),
-                )
+                await self._runner(turn, ticket)
                 logger.info("turn {} done", turn_id)
             except asyncio.CancelledError:
-                ctx.launcher.cancel_reservation(ticket)
-                await self._on_cancelled(handle, stream, turn_id)
+                self._launcher.cancel_reservation(ticket)
+                if turn is not None:
+                    await turn.cancel()
             except Exception as exc:
-                ctx.launcher.cancel_reservation(ticket)
-                await self._on_failed(exc, stream, turn_id)
+                self._launcher.cancel_reservation(ticket)
+                if turn is not None:
+                    await turn.fail(exc)
+                else:
+                    logger.exception("turn {} could not start", turn_id)
             finally:
-                await ctx.turns.finish(handle)
-
-    async def _on_cancelled(self, handle: TurnHandle, stream: Any, turn_id: int) -> None:
-        reason = handle.cancel_reason or "shutdown"
-        if reason == "stop":
-            text, status = wording.STOPPED, "cancelled"
-        elif handle.running:
-            text, status = wording.INTERRUPTED, "interrupted"
-        else:
-            text, status = wording.DEFERRED, "queued"  # Claude never started on it
-        logger.info("turn {} {} ({})", turn_id, status, reason)
-        await self._finish(stream, turn_id, text, status, reason)
-
-    async def _on_failed(self, exc: Exception, stream: Any, turn_id: int) -> None:
-        text, status = wording.describe_error(exc, timeout_s=self.ctx.settings.CLAUDE_TIMEOUT)
-        if isinstance(exc, ClaudeError | QueueFull):
-            logger.warning("turn {} failed: {!r}", turn_id, exc)
-        else:
-            logger.exception("turn {} failed unexpectedly", turn_id)
-        await self._finish(stream, turn_id, text, status, repr(exc)[:500], exc=exc)
-
-    async def _finish(
-        self,
-        stream: Any,
-        turn_id: int,
-        text: str,
-        status: str,
-        error: str,
-        *,
-        exc: BaseException | None = None,
-    ) -> None:
-        """Journal the final state first (shielded: a second /stop or a shutdown cannot skip
-        it), then tell the user."""
-        outcome = "deferred" if status == "queued" else status
-        if isinstance(exc, TurnTimeout):
-            outcome = "timeout"
-        self.ctx.metrics.turn_finished(outcome, error=exc)
-        fields: dict[str, Any] = {"status": status, "error": error}
-        if isinstance(exc, ClaudeError):
-            fields.update(attempts=exc.attempts, exit_code=exc.exit_code)
-        write = asyncio.ensure_future(self.ctx.store.update_turn(turn_id, **fields))
-        try:
-            await asyncio.shield(write)
-        except asyncio.CancelledError:
-            await asyncio.gather(write, return_exceptions=True)
-        except Exception:
-            logger.exception("could not journal turn {}", turn_id)
-        if stream is None:
-            return
-        partial = exc.partial_text if isinstance(exc, ClaudeError) else None
-        tell = asyncio.ensure_future(stream.fail(text, partial_text=partial or None))
-        try:
-            await asyncio.shield(tell)
-        except asyncio.CancelledError:
-            await asyncio.gather(tell, return_exceptions=True)
-        except Exception:
-            logger.exception("could not tell the user about the failure")
+                await self._turns.finish(handle)
 
     # ------------------------------------------------------------------ recovery
     async def recover(self) -> None:
         """Finish what a crash left in the journal: re-run queued turns (access checked
-        again), tell the users of running ones, clean up stale reactions and cards."""
-        ctx = self.ctx
-        pending = await ctx.store.pending_turns()
+        again), tell the users of running ones, clean up stale reactions."""
+        pending = await self._store.pending_turns()
         if not pending:
             return
-        running = sum(1 for turn in pending if turn.status == "running")
+        running = sum(1 for row in pending if row.status == TurnStatus.RUNNING)
         logger.warning(
             "recovery: {} turns were running when the bot stopped (not re-run, users told), "
             "{} queued turns run again in order",
             running,
             len(pending) - running,
         )
-        for turn in pending:
-            await self._cleanup_ui(turn)
-            if turn.status == "running":
+        for row in pending:
+            await self._cleanup_ui(row)
+            if row.status == TurnStatus.RUNNING:
                 # Not re-run: it may have called tools and changed files already.
-                await ctx.store.update_turn(turn.id, status="interrupted", error="bot restarted")
-                await self._tell_retrying(turn, wording.INTERRUPTED)
+                await self._store.update_turn(
+                    row.id, status=TurnStatus.INTERRUPTED, error="bot restarted"
+                )
+                await self._tell_retrying(row, wording.INTERRUPTED)
                 continue
-            card = turn.card_message_id
-            msg = _message_of(turn)
+            msg = _message_of(row)
             if not self._access.allows(msg.sender_open_id, msg.chat_id):
-                logger.warning("recovery: turn {} refused (sender no longer allowed)", turn.id)
-                await ctx.store.update_turn(turn.id, status="failed", error="access revoked")
-                await self._tell_retrying(turn, wording.REPLAY_REFUSED)
+                logger.warning("recovery: turn {} refused (sender no longer allowed)", row.id)
+                await self._store.update_turn(
+                    row.id, status=TurnStatus.FAILED, error="access revoked"
+                )
+                await self._tell_retrying(row, wording.REPLAY_REFUSED)
                 continue
             try:
-                ticket = ctx.launcher.reserve(msg.conversation_key, msg.sender_open_id)
+                ticket = self._launcher.reserve(msg.conversation_key, msg.sender_open_id)
             except QueueFull as exc:
-                await ctx.store.update_turn(turn.id, status="failed", error="busy at recovery")
-                await self._tell_retrying(turn, wording.describe_error(exc)[0])
+                await self._store.update_turn(
+                    row.id, status=TurnStatus.FAILED, error="busy at recovery"
+                )
+                await self._tell_retrying(row, wording.describe_error(exc)[0])
                 continue
-            self._start(msg, turn.id, ticket, card)
+            self._start(msg, row.id, ticket, row.card_message_id)
 
-    async def _cleanup_ui(self, turn: Turn) -> None:
-        replier = self.ctx.replier
-        reaction = getattr(turn, "reaction_id", None)
-        if reaction:
+    async def _cleanup_ui(self, row: JournalRow) -> None:
+        if row.reaction_id:
             try:
-                await replier.remove_reaction(turn.message_id, reaction)
+                await self._replier.remove_reaction(row.message_id, row.reaction_id)
             except Exception:
-                logger.warning("recovery: could not remove the reaction of turn {}", turn.id)
+                logger.warning("recovery: could not remove the reaction of turn {}", row.id)
 
-    async def _tell_retrying(self, turn: Turn, text: str, attempts: int = 3) -> None:
+    async def _tell_retrying(self, row: JournalRow, text: str, attempts: int = 3) -> None:
         """An interrupted/refused notice is retried, not dropped, when Feishu hiccups; it goes
         into the turn's card when the crashed run left one, so no card stays stuck."""
         for attempt in range(attempts):
             try:
-                if turn.card_message_id and self._stream_factory is not None:
-                    stream = self._new_stream(
-                        turn.message_id, bool(turn.reply_in_thread), turn.conversation_key, turn.id
+                if row.card_message_id:
+                    stream = self._new_sink(
+                        row.message_id, bool(row.reply_in_thread), row.conversation_key, row.id
                     )
-                    if hasattr(stream, "adopt"):
-                        stream.adopt(turn.card_message_id)
-                        await stream.fail(text)
-                        return
-                await self.ctx.replier.reply_text(
-                    turn.message_id, text, in_thread=bool(turn.reply_in_thread)
+                    stream.adopt(row.card_message_id)
+                    await stream.fail(text)
+                    return
+                await self._replier.reply_text(
+                    row.message_id, text, in_thread=bool(row.reply_in_thread)
                 )
                 return
             except Exception:
-                logger.warning("recovery: notice for turn {} failed (try {})", turn.id, attempt + 1)
+                logger.warning("recovery: notice for turn {} failed (try {})", row.id, attempt + 1)
                 await asyncio.sleep(0.5 * 2**attempt)
-        logger.error("recovery: could not tell the user of turn {}", turn.id)
+        logger.error("recovery: could not tell the user of turn {}", row.id)
 
 
-async def _set_ui(store: Any, turn_id: int, field: str, value: str) -> None:
+async def _set_ui(store: SessionStore, turn_id: int, field: str, value: str) -> None:
     try:
         await store.set_turn_ui(turn_id, **{field: value})
     except Exception:
         logger.warning("could not journal the {} of turn {}", field, turn_id)
 
 
-def _message_of(turn: Turn) -> InboundMessage:
-    chat_type, thread_root = split_key(turn.conversation_key)
-    raw = getattr(turn, "attachments", ()) or ()
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except ValueError:
-            raw = []
-    attachments = tuple(
-        a if isinstance(a, Attachment) else Attachment(
-            kind=str(a.get("kind", "")), key=str(a.get("key", "")),
-            name=str(a.get("name", "")), size=a.get("size"),
-        )
-        for a in raw
-        if isinstance(a, Attachment | dict)
-    )
+def _message_of(row: JournalRow) -> InboundMessage:
+    """The message a journaled turn was made from, for running it again."""
+    key = ConversationKey.parse(row.conversation_key)
+    attachments = attachments_from_items(row.attachments)
     return InboundMessage(
-        message_id=turn.message_id,
-        chat_id=turn.chat_id,
-        chat_type=chat_type,
-        sender_open_id=getattr(turn, "sender_open_id", "") or "",
+        message_id=row.message_id,
+        chat_id=row.chat_id,
+        chat_type=key.chat_type,
+        sender_open_id=row.sender_open_id or "",
         msg_type="text",
-        text=turn.prompt,
+        text=row.prompt,
         mentioned_bot=True,
-        thread_root=thread_root,
+        thread_root=key.thread_root,
         attachments=attachments,
     )

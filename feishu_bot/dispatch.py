@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from feishu_bot import wording
+from feishu_bot.conversations import Admission
 from feishu_bot.events import InboundMessage
 from feishu_bot.feishu.inbound import MalformedEvent, parse_message_event
-from feishu_bot.handlers.attachments import keep_attachments, needs_question
+from feishu_bot.handlers.cards import handle_card_action, toast
 from feishu_bot.handlers.commands import parse_command, run_command
 from feishu_bot.handlers.menu import MENU_EVENT, MenuClick, P2pChats, parse_menu_event, run_menu
+from feishu_bot.turn_input import keep_attachments, needs_question
 
 if TYPE_CHECKING:
     from feishu_bot.context import BotContext
@@ -146,24 +148,20 @@ class Dispatcher:
             ctx.turns.spawn(self._command(msg, *command), name=f"cmd:{msg.message_id}")
             return
         outcome = await ctx.conversations.admit(msg)
-        if outcome == "accepted":
+        if outcome is Admission.ACCEPTED:
             self.counters.turns_accepted += 1
-        elif outcome == "duplicate":
+        elif outcome is Admission.DUPLICATE:
             self.counters.duplicates_dropped += 1
 
     # -- card callbacks ----------------------------------------------------------------------
     async def _card_action(self, envelope: dict[str, Any]) -> dict[str, Any] | None:
-        try:
-            from feishu_bot.handlers.cards import handle_card_action
-        except ImportError:
-            return {"toast": {"type": "error", "content": "Buttons are not supported here."}}
         try:
             return await handle_card_action(
                 self._ctx, envelope, access=self._access, answers=self._ctx.card_answers
             )
         except Exception:
             logger.exception("dispatch: card action failed")
-            return {"toast": {"type": "error", "content": "Something went wrong; try again."}}
+            return toast("error", wording.CLICK_FAILED)
 
     # -- the bot menu --------------------------------------------------------------------------
     async def _menu(self, envelope: dict[str, Any]) -> None:

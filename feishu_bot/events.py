@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from feishu_bot.keys import ConversationKey
+
 __all__ = [
     "AskPermission",
     "Attachment",
@@ -26,13 +28,8 @@ __all__ = [
 
 
 def conversation_key(chat_id: str, chat_type: str, thread_root: str | None) -> str:
-    """The identity of a conversation: a p2p chat, a group chat, or one topic of a group.
-
-    Each key has its own Claude session, working directory and queue.
-    """
-    if thread_root:
-        return f"thread:{chat_id}:{thread_root}"
-    return f"{'p2p' if chat_type == 'p2p' else 'group'}:{chat_id}"
+    """The stored form of a conversation's key (see `keys.ConversationKey`)."""
+    return str(ConversationKey.of(chat_id, chat_type, thread_root))
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,4 +167,8 @@ class TurnResult:
     attempts: int = 1
     exit_code: int | None = None
     stale_session_reset: bool = False
+    # Wall time of the turn, the CLI's start-up included (its own duration_ms leaves it out),
+    # and when the first text streamed (None: no text came).
+    wall_ms: int = 0
+    first_text_s: float | None = None
     extra: dict[str, object] = field(default_factory=dict)

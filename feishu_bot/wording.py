@@ -17,11 +17,14 @@ from feishu_bot.errors import (
 )
 
 __all__ = [
+    "CLICK_FAILED",
     "DEFERRED",
     "EMPTY",
+    "HISTORY_CUT",
     "INTERRUPTED",
     "MALFORMED",
     "REPLAY_REFUSED",
+    "STALE_NOTICE",
     "STOPPED",
     "TOO_LONG",
     "UNSUPPORTED",
@@ -30,6 +33,7 @@ __all__ = [
 ]
 
 STOPPED = "Stopped by /stop."
+CLICK_FAILED = "Something went wrong; try again."
 INTERRUPTED = (
     "The bot restarted while Claude was working on this, so the request was interrupted. "
     "Please send it again."
@@ -54,6 +58,7 @@ def bounded(text: str, limit: int = 80) -> str:
     return clean if len(clean) <= limit else clean[: limit - 1] + "…"
 
 
+STALE_NOTICE = "The earlier Claude session had expired, so this answer starts a fresh context."
 HISTORY_CUT = (
     "This request was left out of the conversation: your next message continues from "
     "Claude's last answer."

@@ -77,9 +77,16 @@ class Launcher:
     """Runs Claude turns under the cap; see the module docstring."""
 
     def __init__(
-        self, config: LauncherConfig, sessions: SessionBinding, *, sleep: SleepFn | None = None
+        self,
+        config: LauncherConfig,
+        sessions: SessionBinding,
+        *,
+        sleep: SleepFn | None = None,
+        default_mcp: McpHandler | None = None,
     ) -> None:
         self._cfg = config
+        # Answers MCP requests a process sends between turns (no turn's server to ask).
+        self.default_mcp = default_mcp
         self._sessions = sessions
         self._sleep: SleepFn = sleep or asyncio.sleep
         self._sched = Scheduler(
@@ -104,7 +111,6 @@ class Launcher:
         self._failures_in_row = 0
         self._clean_oneshots = 0
         self._degraded = False
-        self.default_mcp: McpHandler | None = None
         self._n = dict.fromkeys(
             ("ok", "failed", "retried", "stale", "timeouts", "cancelled", "rejected", "cold",
              "died_idle"), 0,

@@ -73,14 +73,14 @@ def turn_result(
         attempts=attempts,
         exit_code=att.exit_code,
         stale_session_reset=stale_reset,
+        wall_ms=int((time.monotonic() - started) * 1000),
+        first_text_s=att.first_text_s,
         extra={
             "streamed_text": att.parser.text,
             "terminal_reason": result.terminal_reason,
             "permission_denials": result.permission_denials,
             "tools": tuple(att.parser.tools_used),
             "api_retries": att.parser.api_retries,
-            "wall_ms": int((time.monotonic() - started) * 1000),
-            "first_text_s": att.first_text_s,
             "warm": warm,
         },
     )

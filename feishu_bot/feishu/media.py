@@ -15,7 +15,7 @@ Ownership and invariants:
 - Outgoing files are checked before anything is uploaded: inside the working directory after
   resolving symlinks, a regular file, within Feishu's size limit (`OutboundFileError`).
 
-It does not decide what a resource means for a turn (handlers/attachments.py does) and does
+It does not decide what a resource means for a turn (turn_input.py does) and does
 not word anything except the sentences of its own errors.
 """
 

@@ -18,7 +18,6 @@ turn's own stream updates the card anyway. Anything it refuses does nothing but 
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -26,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from feishu_bot.feishu.buttons import ButtonSigner, ButtonValue
+from feishu_bot.feishu.card_action import parse_card_action
+from feishu_bot.keys import ConversationKey
 
 if TYPE_CHECKING:
     from feishu_bot.approvals import ApprovalBroker
@@ -105,51 +106,41 @@ async def handle_card_action(
     *,
     access: AccessPolicy,
     signer: ButtonSigner | None = None,
-    broker: Any = None,
     answers: RecentAnswers | None = None,
 ) -> dict[str, Any]:
-    """The answer to one click (see the module docstring). `signer` defaults to one derived
-    from FEISHU_APP_SECRET, `broker` to `ctx.approvals`."""
-    header = envelope.get("header") if isinstance(envelope, dict) else None
-    event = envelope.get("event") if isinstance(envelope, dict) else None
-    if not isinstance(header, dict) or not isinstance(event, dict):
+    """The answer to one click: verify → dedupe → call the owner (see the module docstring).
+    `signer` defaults to one derived from FEISHU_APP_SECRET."""
+    click = parse_card_action(envelope)
+    if click is None:
         return toast("error", UNREADABLE)
-    event_id = str(header.get("event_id") or "")
-    operator = _get(event, "operator", "open_id")
-    chat_id = _get(event, "context", "open_chat_id")
-    message_id = _get(event, "context", "open_message_id")
-    raw = (
-        (event.get("action") or {}).get("value") if isinstance(event.get("action"), dict) else None
-    )
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except ValueError:
-            raw = None
-    with logger.contextualize(message_id=message_id):
-        if not access.allows(operator, chat_id):
+    operator = click.operator_open_id
+    with logger.contextualize(message_id=click.message_id):
+        if not access.allows(operator, click.chat_id):
             logger.info("card action refused: {} is not allowed", operator)
             return toast("warning", NOT_ALLOWED)
         signer = signer or ButtonSigner(ctx.settings.FEISHU_APP_SECRET.get_secret_value())
-        value = signer.verify(raw)
+        value = signer.verify(click.value)
         if value is None:
             logger.warning("card action with an invalid value from {}", operator)
             return toast("error", FORGED)
-        if chat_id and not _in_chat(value.conversation_key, chat_id):
-            logger.warning("card action of {} clicked in chat {}", value.conversation_key, chat_id)
+        if click.chat_id and not _in_chat(value.conversation_key, click.chat_id):
+            logger.warning(
+                "card action of {} clicked in chat {}", value.conversation_key, click.chat_id
+            )
             return toast("error", ELSEWHERE)
+        event_id = click.event_id
         if event_id and not await ctx.store.mark_processed("card:" + event_id):
             logger.info("card action {} delivered again", event_id)
             earlier = answers.get(event_id) if answers is not None else None
             return earlier or toast("info", "Already done.")
         with logger.contextualize(conversation=value.conversation_key):
-            answer = await _act(ctx, value, operator, broker or getattr(ctx, "approvals", None))
+            answer = await _act(ctx, value, operator)
         if answers is not None and event_id:
             answers.put(event_id, answer)
         return answer
 
 
-async def _act(ctx: BotContext, value: ButtonValue, operator: str, broker: Any) -> dict[str, Any]:
+async def _act(ctx: BotContext, value: ButtonValue, operator: str) -> dict[str, Any]:
     key = value.conversation_key
     logger.info("card action {} by {} (turn {})", value.action, operator, value.turn_id)
     if value.action == "stop":
@@ -158,15 +149,7 @@ async def _act(ctx: BotContext, value: ButtonValue, operator: str, broker: Any) 
         turn = await ctx.store.get_turn(value.turn_id)
         if turn is None or turn.conversation_key != key or turn.status not in LIVE_STATUSES:
             return toast("info", FINISHED)
-        conversations = getattr(ctx, "conversations", None)
-        if conversations is not None:
-            stopped = conversations.stop_turn(key, value.turn_id)
-        else:
-            handle = ctx.turns.handle_of(key, value.turn_id)
-            if broker is not None:
-                broker.stop_turn(key, value.turn_id)
-            stopped = handle is not None and ctx.turns.cancel_turn(handle, "stop")
-        if not stopped:
+        if not ctx.conversations.stop_turn(key, value.turn_id):
             return toast("info", FINISHED)
         return toast("success", "Stopping…")
     if value.action == "new":
@@ -175,9 +158,9 @@ async def _act(ctx: BotContext, value: ButtonValue, operator: str, broker: Any) 
             return toast("info", OLD_CARD)
         ctx.turns.spawn(_new_session(ctx, key), name=f"card-new:{key}")
         return toast("success", "New session: your next message starts a fresh conversation.")
-    if broker is None:
+    if ctx.approvals is None:
         return toast("error", NO_APPROVALS)
-    kind, text = broker.answer(value, operator)
+    kind, text = ctx.approvals.answer(value, operator)
     return toast(kind, text)
 
 
@@ -193,11 +176,7 @@ async def _new_session(ctx: BotContext, key: str) -> None:
 
 def _in_chat(conversation_key: str, chat_id: str) -> bool:
     """Whether a conversation key belongs to the chat the card was clicked in."""
-    _, _, rest = conversation_key.partition(":")
-    return rest.split(":", 1)[0] == chat_id
-
-
-def _get(obj: dict[str, Any], outer: str, inner: str) -> str:
-    value = obj.get(outer)
-    found = value.get(inner) if isinstance(value, dict) else None
-    return found if isinstance(found, str) else ""
+    try:
+        return ConversationKey.parse(conversation_key).chat_id == chat_id
+    except ValueError:
+        return False

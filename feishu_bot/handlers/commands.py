@@ -11,11 +11,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from feishu_bot.conversations import default_workdir
 from feishu_bot.events import InboundMessage
-from feishu_bot.handlers.attachments import drop_kept
 from feishu_bot.handlers.permission_commands import cmd_permissions
 from feishu_bot.handlers.session_commands import cmd_resume, cmd_sessions, cmd_stats
+from feishu_bot.keys import default_workdir
+from feishu_bot.turn_input import drop_kept
 
 if TYPE_CHECKING:
     from database.models import Conversation
@@ -74,16 +74,15 @@ async def cmd_stop(ctx: BotContext, msg: InboundMessage, args: str) -> str:
 
 async def cmd_status(ctx: BotContext, msg: InboundMessage, args: str) -> str:
     conv = await ctx.store.get_conversation(msg.conversation_key)
-    handles = ctx.turns.handles(msg.conversation_key)
-    running = [h for h in handles if h.running]
-    waiting = len(handles) - len(running)
-    if running:
+    where = ctx.conversations.status(msg.conversation_key)
+    waiting = where.waiting
+    if where.running:
         # A running turn is "running" even while a later one of this conversation waits in the
         # queue (queue_position then answers for that one).
         state = "running"
-    elif handles:
+    elif waiting:
         position = ctx.launcher.queue_position(msg.conversation_key)
-        state = f"queued, position {position}" if position else f"{len(handles)} waiting"
+        state = f"queued, position {position}" if position else f"{waiting} waiting"
         waiting -= 1
     else:
         state = "idle"
@@ -97,7 +96,7 @@ async def cmd_status(ctx: BotContext, msg: InboundMessage, args: str) -> str:
     model = (conv.model if conv else None) or ctx.settings.CLAUDE_MODEL or "CLI default"
     turns, cost = (conv.turn_count, conv.total_cost_usd) if conv else (0, 0.0)
     gateway = ctx.gateway_status()
-    ws = "connected" if gateway.get("connected") else "disconnected"
+    ws = "connected" if gateway.connected else "disconnected"
     lines = [
         f"Conversation {msg.conversation_key}",
         f"• session: {(conv.session_id if conv else None) or 'none (next message starts fresh)'}",

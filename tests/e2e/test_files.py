@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from feishu_bot.claude.mcp_feishu import SEND_FILE_TOOL
-from feishu_bot.handlers.attachments import KEPT_TEXT
 from feishu_bot.simulator import FeishuSimulator
 from feishu_bot.simulator.media import sample_png
+from feishu_bot.turn_input import KEPT_TEXT
 from tests.e2e.conftest import StartBot, final_text, shown_text
 from tests.fakes.fake_anthropic import FakeAnthropic, Reply, ToolUse
 

@@ -25,9 +25,9 @@ from feishu_bot.config import Settings
 from feishu_bot.events import InboundMessage
 from feishu_bot.feishu.inbound import parse_message_event
 from feishu_bot.feishu.replier import FeishuReplier
-from feishu_bot.handlers.attachments import prepare_turn_input, turn_mcp
 from feishu_bot.simulator import FeishuSimulator
 from feishu_bot.simulator.media import sample_jpeg, sample_png, sample_webp
+from feishu_bot.turn_input import prepare_turn_input, turn_mcp
 from tests.fakes.claude_env import REAL_CLAUDE_BIN, claude_env
 from tests.fakes.fake_anthropic import FakeAnthropic, Reply, ToolUse
 

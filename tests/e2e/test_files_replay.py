@@ -9,9 +9,9 @@ from typing import Any
 
 from database import SessionStore
 from feishu_bot.events import Attachment
-from feishu_bot.handlers.attachments import KEPT_TEXT
 from feishu_bot.simulator import FeishuSimulator, UserMessage
 from feishu_bot.simulator.media import sample_png
+from feishu_bot.turn_input import KEPT_TEXT
 from tests.e2e.conftest import StartBot, final_text, shown_text
 from tests.fakes.fake_anthropic import FakeAnthropic
 

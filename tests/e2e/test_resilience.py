@@ -15,7 +15,11 @@ async def test_acks_stay_fast_while_5_turns_run_and_20_wait(
     sim: FeishuSimulator, start_bot: StartBot
 ) -> None:
     running = await start_bot(
-        fake_cli=True, CLAUDE_MAX_CONCURRENT=5, CLAUDE_QUEUE_MAX=20, SHUTDOWN_GRACE=0
+        fake_cli=True,
+        CLAUDE_MAX_CONCURRENT=5,
+        CLAUDE_QUEUE_MAX=20,
+        CLAUDE_USER_QUEUE_MAX=0,  # one simulated user sends all 35: the global queue is tested
+        SHUTDOWN_GRACE=0,
     )
     launcher = running.bot.launcher
     ids = [

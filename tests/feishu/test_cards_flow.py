@@ -28,6 +28,7 @@ from feishu_bot.handlers.cards import RecentAnswers, handle_card_action
 from feishu_bot.simulator import FeishuSimulator
 from feishu_bot.simulator.cardkit import find_button
 from feishu_bot.turns import TurnRegistry
+from tests.fakes.wiring import make_conversations
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -52,6 +53,9 @@ async def world(sim: FeishuSimulator, tmp_path: Path) -> AsyncIterator[SimpleNam
             store=store,
             turns=turns,
             approvals=broker,
+            conversations=make_conversations(
+                store, launcher=None, turns=turns, approvals=broker, replier=replier
+            ),
             settings=SimpleNamespace(FEISHU_APP_SECRET=SecretStr(sim.options.app_secret)),
         )
 

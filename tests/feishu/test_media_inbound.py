@@ -8,8 +8,8 @@ import pytest
 
 from feishu_bot.events import Attachment, InboundMessage
 from feishu_bot.feishu.inbound import parse_message_event
-from feishu_bot.handlers.attachments import needs_question
 from feishu_bot.simulator.envelopes import build_envelope, build_message_event
+from feishu_bot.turn_input import needs_question
 
 BOT = "ou_bot"
 

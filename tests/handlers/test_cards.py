@@ -23,6 +23,7 @@ from feishu_bot.feishu.access import AccessPolicy
 from feishu_bot.feishu.buttons import ButtonSigner
 from feishu_bot.handlers.cards import RecentAnswers, handle_card_action
 from feishu_bot.turns import TurnRegistry
+from tests.fakes.wiring import make_conversations
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -44,15 +45,19 @@ async def ctx(tmp_path: Path) -> AsyncIterator[Any]:
         async def close_session(key: str) -> None:
             closed.append(key)
 
+        launcher = SimpleNamespace(close_session=close_session, closed=closed)
         yield SimpleNamespace(
             store=store,
             turns=turns,
+            conversations=make_conversations(
+                store, launcher=launcher, turns=turns, approvals=broker
+            ),
             settings=SimpleNamespace(
                 FEISHU_APP_SECRET=SecretStr(SECRET), CLAUDE_SHARED_WORKDIR=False
             ),
             approvals=broker,
             workdir_root=tmp_path,
-            launcher=SimpleNamespace(close_session=close_session, closed=closed),
+            launcher=launcher,
         )
         await turns.aclose()
 

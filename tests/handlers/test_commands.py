@@ -7,12 +7,11 @@ import pytest
 
 from database.store import SessionStore
 from feishu_bot.config import Settings
-from feishu_bot.context import BotContext
-from feishu_bot.conversations import Conversations
+from feishu_bot.context import BotContext, GatewayStatus
 from feishu_bot.events import InboundMessage
-from feishu_bot.feishu.access import AccessPolicy
 from feishu_bot.handlers.commands import COMMANDS, parse_command, run_command
 from feishu_bot.turns import TurnRegistry
+from tests.fakes.wiring import make_conversations
 
 
 @dataclass
@@ -49,18 +48,17 @@ async def ctx(tmp_path: Path):
         CLAUDE_WORKDIR=root,
         CLAUDE_MODEL="",
     )
-    conversations = Conversations(access=AccessPolicy([], [], True), stream_factory=None)
+    launcher, turns = _LauncherNumbers(), TurnRegistry()
     context = BotContext(
         settings=settings,
         store=store,
-        launcher=_LauncherNumbers(),  # type: ignore[arg-type]
+        launcher=launcher,  # type: ignore[arg-type]
         replier=None,  # type: ignore[arg-type]
-        turns=TurnRegistry(),
+        turns=turns,
+        conversations=make_conversations(store, launcher=launcher, turns=turns),
         workdir_root=root,
-        gateway_status=lambda: {"connected": True, "reconnects": 0},
-        conversations=conversations,
+        gateway_status=lambda: GatewayStatus(connected=True),
     )
-    conversations.bind(context)
     yield context
     await store.close()
 

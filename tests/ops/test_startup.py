@@ -15,6 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from database import SCHEMA_VERSION
 from feishu_bot.simulator import FeishuSimulator
 from tests.ops.conftest import StartBot, free_port
 
@@ -96,7 +97,8 @@ async def test_corrupt_database_exits_1(start_bot: StartBot, tmp_path: Path) -> 
 async def test_damaged_pages_exit_1(start_bot: StartBot, tmp_path: Path) -> None:
     db = tmp_path / "damaged.db"
     with closing(sqlite3.connect(db)) as conn:
-        conn.execute("PRAGMA user_version = 2")
+        # the current version: no migration runs first, the damage is what is found
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("CREATE TABLE filler (id INTEGER PRIMARY KEY, body TEXT)")
         conn.execute("CREATE INDEX filler_body ON filler (body)")
         conn.executemany(

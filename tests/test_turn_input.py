@@ -14,14 +14,16 @@ from typing import Any
 import pytest
 
 from database import SessionStore
+from feishu_bot import turn_input as att_mod
 from feishu_bot.claude.mcp_feishu import MCP_CONFIG, SEND_FILE_TOOL, FeishuMcp, mcp_config_arg
 from feishu_bot.config import Settings
 from feishu_bot.errors import AttachmentError
 from feishu_bot.events import Attachment, ImageFile, InboundMessage
 from feishu_bot.feishu.media import OutboundFileError
 from feishu_bot.feishu.replier import FeishuReplier
-from feishu_bot.handlers import attachments as att_mod
-from feishu_bot.handlers.attachments import (
+from feishu_bot.simulator import FeishuSimulator
+from feishu_bot.simulator.media import sample_gif, sample_png
+from feishu_bot.turn_input import (
     KEPT_TEXT,
     STICKER_TEXT,
     attachments_from_json,
@@ -31,8 +33,6 @@ from feishu_bot.handlers.attachments import (
     prepare_turn_input,
     turn_mcp,
 )
-from feishu_bot.simulator import FeishuSimulator
-from feishu_bot.simulator.media import sample_gif, sample_png
 
 
 @dataclass

@@ -16,7 +16,8 @@
 - `turn_mcp` builds the `feishu` MCP server of one turn (the `send_file` tool).
 
 Nothing here runs Claude or words errors other than its own; it does not decide which messages
-reach it (dispatch and conversations do).
+reach it (dispatch and conversations do). It sits below conversations and the handlers: what
+it needs (the store, the settings, the replier) is handed in as `InputServices`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from loguru import logger
 
@@ -40,7 +41,22 @@ from feishu_bot.events import Attachment, ImageFile, InboundMessage
 from feishu_bot.feishu.media import MediaClient, check_image, sanitize_name
 
 if TYPE_CHECKING:
-    from feishu_bot.context import BotContext
+    from database.store import SessionStore
+    from feishu_bot.config import Settings
+    from feishu_bot.feishu.replier import FeishuReplier
+
+
+class InputServices(Protocol):
+    """What turn input needs from the bot (the BotContext and the chat runner have it)."""
+
+    @property
+    def store(self) -> SessionStore: ...
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def replier(self) -> FeishuReplier: ...
 
 __all__ = [
     "INBOX",
@@ -49,7 +65,9 @@ __all__ = [
     "MAX_IMAGES",
     "MAX_IMAGE_BYTES",
     "STICKER_TEXT",
+    "InputServices",
     "TurnInput",
+    "attachments_from_items",
     "attachments_from_json",
     "attachments_to_json",
     "drop_kept",
@@ -109,9 +127,16 @@ def attachments_from_json(raw: str | None) -> tuple[Attachment, ...]:
         items = json.loads(raw or "[]")
     except ValueError:
         return ()
+    return attachments_from_items(items if isinstance(items, list) else [])
+
+
+def attachments_from_items(items: Iterable[object]) -> tuple[Attachment, ...]:
+    """Attachments from their decoded JSON objects (a journal row's); others are skipped."""
     out = []
-    for item in items if isinstance(items, list) else []:
-        if isinstance(item, dict) and isinstance(item.get("key"), str) and item["key"]:
+    for item in items:
+        if isinstance(item, Attachment):
+            out.append(item)
+        elif isinstance(item, dict) and isinstance(item.get("key"), str) and item["key"]:
             size = item.get("size")
             out.append(
                 Attachment(
@@ -136,7 +161,7 @@ def needs_question(msg: InboundMessage) -> bool:
     return not words.strip()
 
 
-async def keep_attachments(ctx: BotContext, msg: InboundMessage) -> str | None:
+async def keep_attachments(ctx: InputServices, msg: InboundMessage) -> str | None:
     """Keep the attachments of a message without text; return the reply to send, or None
     when the message was seen before (a redelivery: send nothing).
 
@@ -159,7 +184,7 @@ async def keep_attachments(ctx: BotContext, msg: InboundMessage) -> str | None:
     return KEPT_TEXT
 
 
-async def drop_kept(ctx: BotContext, conversation_key: str) -> int:
+async def drop_kept(ctx: InputServices, conversation_key: str) -> int:
     """Forget what the conversation kept (for /new); returns how many messages were dropped."""
     return await ctx.store.drop_kept(conversation_key)
 
@@ -167,14 +192,14 @@ async def drop_kept(ctx: BotContext, conversation_key: str) -> int:
 # -- turn input ------------------------------------------------------------------------------
 
 
-def media_client(ctx: BotContext) -> MediaClient:
+def media_client(ctx: InputServices) -> MediaClient:
     """A media client over the bot's replier, with FEISHU_MAX_DOWNLOAD_MB as its limit."""
     limit = int(ctx.settings.FEISHU_MAX_DOWNLOAD_MB * 1024 * 1024)
     return MediaClient(ctx.replier, max_download_bytes=limit)
 
 
 async def prepare_turn_input(
-    ctx: BotContext,
+    ctx: InputServices,
     msg: InboundMessage,
     *,
     workdir: Path,
@@ -274,7 +299,7 @@ def _nothing(_session_id: str | None = None) -> None:
     return None
 
 
-def turn_mcp(ctx: BotContext, msg: InboundMessage, *, workdir: Path) -> FeishuMcp:
+def turn_mcp(ctx: InputServices, msg: InboundMessage, *, workdir: Path) -> FeishuMcp:
     """The `feishu` MCP server of one turn: `send_file` posts files of `workdir` as replies
     to `msg` (in its thread)."""
     media = media_client(ctx)
