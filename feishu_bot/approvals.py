@@ -39,6 +39,7 @@ from typing import Any, Protocol
 
 from loguru import logger
 
+from feishu_bot import wording
 from feishu_bot.approval_text import (
     NETWORK_TOOL,
     GrantScope,
@@ -277,7 +278,7 @@ class ApprovalBroker:
             always = f"*Always allow* = {scope.label}, in this conversation until /new{only}.\n"
         ask_text = (
             f"{title}\n{body}{always}"
-            f"Waiting for {who} (up to {_duration(self._timeout)})."
+            f"Waiting for {who} (up to {wording.duration(self._timeout)})."
         )
         logger.info("approval {} asked for tool {}", rid, tool)
         await stream.show_block(Block(rid, ask_text, buttons))
@@ -289,10 +290,10 @@ class ApprovalBroker:
             action, operator = await self._wait(pending)
         except TimeoutError:
             await stream.resolve_block(
-                rid, f"⏱ {head}: no answer within {_duration(self._timeout)}, denied"
+                rid, f"⏱ {head}: no answer within {wording.duration(self._timeout)}, denied"
             )
             logger.info("approval {} timed out", rid)
-            waited = _duration(self._timeout)
+            waited = wording.duration(self._timeout)
             return PermissionDecision(
                 allow=False, message=f"No one approved this within {waited}, so it was denied."
             )
@@ -353,8 +354,9 @@ class ApprovalBroker:
             await self._wait(pending, on_change=record)
         except TimeoutError:
             await unanswered("⏱ no answer:")
+            waited = wording.duration(self._timeout)
             return PermissionDecision(
-                allow=False, message=f"The user did not answer within {_duration(self._timeout)}."
+                allow=False, message=f"The user did not answer within {waited}."
             )
         except asyncio.CancelledError:
             await unanswered("⏹ stopped:")
@@ -449,12 +451,6 @@ def _questions(data: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _mention(open_id: str) -> str:
     return f"<at id={open_id}></at>" if open_id else "someone"
-
-
-def _duration(seconds: float) -> str:
-    if seconds >= 120 and seconds % 60 == 0:
-        return f"{int(seconds // 60)} min"
-    return f"{seconds:g} s"
 
 
 def _clip(text: str, limit: int) -> str:

@@ -1,7 +1,8 @@
 """One exception tree for the bot.
 
 Exceptions carry data (exit code, stderr tail, counts), never user-facing sentences: turning an
-exception into words for a chat is `dispatch`'s job alone.
+exception into words for a chat is `wording.describe_error`'s job alone (AttachmentError, whose
+sentence only the attachments code can write, is the one exception and says so).
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ __all__ = [
     "UNSUPPORTED",
     "bounded",
     "describe_error",
+    "duration",
 ]
 
 STOPPED = "Stopped by /stop."
@@ -145,3 +146,15 @@ def _detail(exc: ClaudeError) -> str:
             text = candidate.strip()
             return text if len(text) <= 300 else text[:297] + "..."
     return type(exc).__name__
+
+
+def duration(seconds: float) -> str:
+    """A span of time as people read it: "0.05 s", "30 s", "10 min", "2 min 05 s", "1 h 02 min"."""
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{round(seconds, 2):g} s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min" if secs == 0 else f"{minutes} min {secs:02d} s"

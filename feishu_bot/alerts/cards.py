@@ -9,10 +9,12 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from feishu_bot import wording
+
 if TYPE_CHECKING:
     from feishu_bot.alerts.conditions import Transition
 
-__all__ = ["REMEDIES", "TITLES", "alert_card", "alert_text", "clock", "duration"]
+__all__ = ["REMEDIES", "TITLES", "alert_card", "alert_text", "clock"]
 
 TITLES: dict[str, str] = {
     "ws_down": "The Feishu long connection was down",
@@ -62,17 +64,6 @@ def clock(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(ts))
 
 
-def duration(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.1f}s" if seconds < 10 else f"{seconds:.0f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s"
-
-
 def alert_text(t: Transition) -> tuple[str, str, str]:
     """(header template, title, markdown body) of a transition's card."""
     name = str(t.condition)
@@ -90,7 +81,8 @@ def alert_text(t: Transition) -> tuple[str, str, str]:
     if t.started:
         body = f"**{name}** since {clock(t.since)}\n{t.detail}{held}{remedy}"
         return "red", f"⚠️ {title}", body
-    body = f"**{name}** cleared at {clock(t.at)}, after {duration(t.at - t.since)}\n{t.detail}"
+    after = wording.duration(t.at - t.since)
+    body = f"**{name}** cleared at {clock(t.at)}, after {after}\n{t.detail}"
     return "green", f"✅ Cleared: {title}", body
 
 

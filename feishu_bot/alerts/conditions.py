@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from feishu_bot.alerts.cards import clock, duration
+from feishu_bot import wording
+from feishu_bot.alerts.cards import clock
 from feishu_bot.errors import AttachmentError, ClaudeError, QueueFull
 
 if TYPE_CHECKING:
@@ -248,7 +249,7 @@ class AlertEngine:
             if episode is None and s.now - since > limit:
                 yield self._start(cond, s.now, since, detail, send=False)
             elif episode is not None:
-                episode.detail = f"{detail} ({duration(s.now - since)})"
+                episode.detail = f"{detail} ({wording.duration(s.now - since)})"
             return
         if self._ws_down_since is None:
             return
@@ -260,7 +261,7 @@ class AlertEngine:
             yield self._start(cond, s.now, since, f"the Feishu long connection was down since "
                               f"{clock(since)}", send=False)
         yield self._clear(cond, s.now, (
-            f"the Feishu long connection was down for {duration(s.now - since)}, from "
+            f"the Feishu long connection was down for {wording.duration(s.now - since)}, from "
             f"{clock(since)} to {clock(s.now)}; it is connected again (reconnects so far: "
             f"{s.reconnects})"))
 
@@ -284,7 +285,7 @@ class AlertEngine:
             if self._full_since is None:
                 self._full_since, self._full_base = s.now, s.rejected
             since = self._full_since
-            detail = (f"the queue has been full for {duration(s.now - since)}: {s.queued}/"
+            detail = (f"the queue has been full for {wording.duration(s.now - since)}: {s.queued}/"
                       f"{s.queue_max} waiting, {s.active}/{s.max_concurrent} running, "
                       f"{s.rejected - self._full_base} messages refused as busy")
             if episode is None and s.now - since > self._t.queue_full_s:
@@ -295,7 +296,7 @@ class AlertEngine:
         self._full_since = None
         if episode is not None:
             yield self._clear(cond, s.now, (
-                f"the queue has room again after {duration(s.now - episode.since)}; "
+                f"the queue has room again after {wording.duration(s.now - episode.since)}; "
                 f"{s.rejected - self._full_base} messages were refused as busy"))
 
     def _disk(self, s: Sample) -> Iterator[Transition]:

@@ -25,7 +25,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from loguru import logger
 
@@ -51,9 +51,6 @@ from feishu_bot.errors import (
     TurnTimeout,
 )
 from feishu_bot.events import AskPermission, ClaudeEvent, McpHandler, TurnRequest, TurnResult
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "Launcher",

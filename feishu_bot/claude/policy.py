@@ -36,7 +36,6 @@ class ResumePoint:
 
 
 class Action(StrEnum):
-    RETRY_SAME = "retry_same"  # same live process (unused: see the module docstring)
     RETRY_NEW = "retry_new"  # new process from a resume point
     START_FRESH = "start_fresh"  # stale session: new process without --resume
     GIVE_UP = "give_up"

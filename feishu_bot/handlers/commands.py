@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from feishu_bot import wording
 from feishu_bot.events import InboundMessage
 from feishu_bot.handlers.permission_commands import cmd_permissions
 from feishu_bot.handlers.session_commands import cmd_resume, cmd_sessions, cmd_stats
@@ -30,17 +31,6 @@ _MODEL_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._\-\[\]:]{{0,{_MODEL_NAME_MAX 
 ECHO_MAX = 80
 _PATH_MAX = 4096
 _NAME_MAX = 255
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{secs}s"
 
 
 async def cmd_help(ctx: BotContext, msg: InboundMessage, args: str) -> str:
@@ -109,7 +99,7 @@ async def cmd_status(ctx: BotContext, msg: InboundMessage, args: str) -> str:
         f"• turns: {turns}, cost ${cost:.4f}",
         f"Bot: {stats.active}/{stats.max_concurrent} running, {stats.warm_idle} warm idle, "
         f"{stats.queued} queued, "
-        f"uptime {_duration(ctx.uptime_s)}, websocket {ws}",
+        f"uptime {wording.duration(ctx.uptime_s)}, websocket {ws}",
     ]
     return "\n".join(lines)
 

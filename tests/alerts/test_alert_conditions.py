@@ -64,7 +64,7 @@ def test_ws_outage_starts_silently_and_its_card_comes_when_it_is_back() -> None:
     assert Condition.WS_DOWN in e.active()
     cleared = e.observe(Sample(T0 + 136, ws_connected=True, reconnects=3))
     assert summary(cleared) == [("ws_down", "clear", True)]
-    assert "down for 2m15s" in cleared[0].detail and "reconnects so far: 3" in cleared[0].detail
+    assert "down for 2 min 15 s" in cleared[0].detail and "reconnects so far: 3" in cleared[0].detail
     _, title, body = alert_text(cleared[0])
     assert title.endswith("The Feishu long connection was down")
     assert body.startswith("**ws_down**") and "What to do" in body
@@ -292,4 +292,4 @@ def test_a_start_card_reads_what_since_the_numbers_and_what_to_do() -> None:
     (c,) = turns(e, "o", T0 + 125)
     template, title, body = alert_text(c)
     assert template == "green" and title == "✅ Cleared: Claude cannot authenticate"
-    assert "after 2m05s" in body
+    assert "after 2 min 05 s" in body
