@@ -74,7 +74,7 @@ async def test_a_long_websocket_outage_is_reported_when_the_connection_is_back(
     (card,) = admin_cards(sim)
     text = sim.message_text(card)
     assert text.startswith("**ws_down** · the Feishu long connection was down for ")
-    seconds = float(re.search(r"was down for ([\d.]+)s", text).group(1))  # type: ignore[union-attr]
+    seconds = float(re.search(r"was down for ([\d.]+) s", text).group(1))  # type: ignore[union-attr]
     assert seconds >= 4.0  # at least the 5 refused attempts a second apart, less one
     assert "reconnects so far: 1" in text
     assert running.bot.alerts.active() == []
