@@ -47,8 +47,6 @@ T = TypeVar("T")
 _SESSION_COLUMNS: Final = (
     "session_id, conversation_key, created_at, last_used_at, turns, first_prompt"
 )
-# A kept attachment (issue 10) is a 'done' journal row marked in `error`; it is not a turn.
-_REAL_TURN: Final = "(error IS NULL OR error NOT LIKE 'kept%')"
 
 
 def _session(row: sqlite3.Row) -> SessionInfo:
@@ -77,7 +75,7 @@ class HistoryMixin:
         or None: the card whose New session button still counts."""
         rows = await self._fetchall(
             "SELECT MAX(id) FROM turns WHERE conversation_key = ? AND status IN"
-            f" ('done', 'failed', 'cancelled', 'interrupted') AND {_REAL_TURN}",
+            " ('done', 'failed', 'cancelled', 'interrupted')",
             (conversation_key,),
         )
         value = rows[0][0] if rows else None
@@ -197,8 +195,8 @@ class HistoryMixin:
         self, conversation_key: str | None = None, since: float | None = None
     ) -> TurnStats:
         """Turns journalled at or after `since` (None: all kept), of one conversation or all
-        (None). Kept attachments are not turns and are not counted."""
-        where = [_REAL_TURN]
+        (None)."""
+        where = ["1"]
         params: list[Any] = []
         if conversation_key is not None:
             where.append("conversation_key = ?")
@@ -248,6 +246,14 @@ class HistoryMixin:
             "DELETE FROM processed_messages WHERE message_id IN (SELECT message_id FROM"
             " processed_messages WHERE seen_at < ? LIMIT ?)",
             (now - processed_days * 86400,),
+            batch,
+        )
+        # Kept attachments are useful for minutes (their question comes soon); a claimed one
+        # only for a replay of its turn, which the journal keeps as long.
+        turns += await self._delete_batched(
+            "DELETE FROM kept_attachments WHERE message_id IN (SELECT message_id FROM"
+            " kept_attachments WHERE kept_at < ? LIMIT ?)",
+            (now - journal_days * 86400,),
             batch,
         )
         sessions = await self._prune_sessions(max(0, int(sessions_kept)), batch)

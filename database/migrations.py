@@ -188,10 +188,44 @@ async def _v3_scoped_grants(conn: aiosqlite.Connection) -> None:
         await conn.execute(statement)
 
 
+_V4_STATEMENTS: Final = (
+    # Kept attachments get a table of their own (they were 'done' journal rows marked in
+    # `error`, which every history query had to leave out). Waiting and claimed ones move;
+    # dropped ones ('kept-dropped') are gone.
+    """
+    CREATE TABLE kept_attachments (
+        message_id       TEXT PRIMARY KEY,
+        conversation_key TEXT NOT NULL,
+        chat_id          TEXT NOT NULL,
+        sender_open_id   TEXT NOT NULL DEFAULT '',
+        attachments      TEXT NOT NULL,
+        reply_in_thread  INTEGER NOT NULL,
+        kept_at          REAL NOT NULL,
+        claimed_by       TEXT
+    ) WITHOUT ROWID
+    """,
+    "CREATE INDEX kept_waiting ON kept_attachments (conversation_key, claimed_by, kept_at)",
+    """
+    INSERT INTO kept_attachments (message_id, conversation_key, chat_id, sender_open_id,
+        attachments, reply_in_thread, kept_at, claimed_by)
+    SELECT message_id, conversation_key, chat_id, sender_open_id, attachments, reply_in_thread,
+        created_at, CASE WHEN error = 'kept' THEN NULL ELSE substr(error, 6) END
+    FROM turns WHERE error = 'kept' OR error LIKE 'kept>%'
+    """,
+    "DELETE FROM turns WHERE error LIKE 'kept%'",
+)
+
+
+async def _v4_kept_attachments(conn: aiosqlite.Connection) -> None:
+    for statement in _V4_STATEMENTS:
+        await conn.execute(statement)
+
+
 STEPS: Final[tuple[Step, ...]] = (
     _v1_initial_schema,
     _v2_warm_cards_files,
     _v3_scoped_grants,
+    _v4_kept_attachments,
 )
 SCHEMA_VERSION: Final = len(STEPS)
 

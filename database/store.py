@@ -13,7 +13,9 @@ What it holds:
 - through `database.history.HistoryMixin`: a turn's reaction/card ids, the sessions a
   conversation used, turn statistics, and the retention policy (`prune`);
 - through `database.grants.GrantsMixin`: standing permissions ("Always allow") per
-  conversation.
+  conversation;
+- through `database.kept.KeptMixin`: attachments sent without text, waiting for their
+  sender's next question.
 
 Invariants:
 - One logical operation at a time: an `asyncio.Lock` serialises operations on the
@@ -48,6 +50,7 @@ import aiosqlite
 from database.connection import BUSY_TIMEOUT_MS, busy_retrying, connect
 from database.grants import GrantsMixin
 from database.history import HistoryMixin
+from database.kept import KeptMixin
 from database.migrations import migrate
 from database.models import PENDING_STATUSES, Conversation, Turn, TurnStatus
 
@@ -125,7 +128,7 @@ async def _rowcount(conn: aiosqlite.Connection, sql: str, params: Iterable[Any])
         await cursor.close()
 
 
-class SessionStore(HistoryMixin, GrantsMixin):
+class SessionStore(HistoryMixin, GrantsMixin, KeptMixin):
     """Conversations, processed message ids and the turn journal in one SQLite file.
 
     Build it with `await SessionStore.open(path)`; use it as an async context manager or call
@@ -468,108 +471,6 @@ class SessionStore(HistoryMixin, GrantsMixin):
         for row in rows:
             counts[row[0]] = int(row[1])
         return counts
-
-    # -- kept attachments (issue 10: an image or file sent without text waits for its question)
-    #
-    # A kept message is a journal row of its own: prompt '', its attachments as JSON, status
-    # 'done' (so recovery never runs it) and `error` as the marker of where it stands:
-    # 'kept' (waiting), 'kept>' + the message id of the text message that took it, or
-    # 'kept-dropped' (/new). No schema change is needed, and a claim is idempotent per
-    # claiming message, so a replayed turn gets the same attachments again.
-
-    async def keep_message(
-        self,
-        message_id: str,
-        *,
-        conversation_key: str,
-        chat_id: str,
-        attachments_json: str,
-        reply_in_thread: bool,
-        sender_open_id: str = "",
-    ) -> bool:
-        """Record the message as processed and keep its attachments, atomically.
-
-        False when `message_id` was seen before (nothing is kept twice).
-        """
-        now = self._clock()
-
-        async def body(conn: aiosqlite.Connection) -> bool:
-            first = await conn.execute_fetchall(
-                "INSERT INTO processed_messages (message_id, seen_at) VALUES (?, ?)"
-                " ON CONFLICT (message_id) DO NOTHING RETURNING 1",
-                (message_id, now),
-            )
-            if not first:
-                return False
-            rows = await conn.execute_fetchall(
-                "INSERT INTO turns (message_id, conversation_key, chat_id, prompt,"
-                " reply_in_thread, status, error, attachments, sender_open_id,"
-                " created_at, updated_at) VALUES (?, ?, ?, '', ?, 'done', 'kept', ?, ?, ?, ?)"
-                " ON CONFLICT (message_id) DO NOTHING RETURNING id",
-                (
-                    message_id,
-                    conversation_key,
-                    chat_id,
-                    int(reply_in_thread),
-                    attachments_json,
-                    sender_open_id,
-                    now,
-                    now,
-                ),
-            )
-            return bool(rows)
-
-        return await self._write(body)
-
-    async def claim_kept(
-        self,
-        conversation_key: str,
-        claimer_message_id: str,
-        *,
-        since: float,
-        sender_open_id: str | None = None,
-    ) -> list[tuple[str, str]]:
-        """Give the conversation's waiting attachments kept at or after `since` to the message
-        `claimer_message_id`; return every (message_id, attachments JSON) it holds, oldest
-        first (including those it claimed before, so a replayed turn sees the same ones).
-        With `sender_open_id`, only what that person sent is claimed (in a group, one member's
-        screenshot never goes with another member's question)."""
-        now = self._clock()
-        marker = "kept>" + claimer_message_id
-
-        async def body(conn: aiosqlite.Connection) -> list[tuple[str, str]]:
-            # Only what was kept before the claiming message arrived (its journal row, when
-            # it has one, fixes that order): a later image waits for the next question.
-            await conn.execute(
-                "UPDATE turns SET error = ?, updated_at = ? WHERE conversation_key = ?"
-                " AND error = 'kept' AND created_at >= ? AND id < COALESCE("
-                "(SELECT id FROM turns WHERE message_id = ?), 9223372036854775807)"
-                " AND (? IS NULL OR sender_open_id = ?)",
-                (marker, now, conversation_key, since, claimer_message_id,
-                 sender_open_id, sender_open_id),
-            )
-            rows = await conn.execute_fetchall(
-                "SELECT message_id, attachments FROM turns WHERE conversation_key = ?"
-                " AND error = ? ORDER BY id",
-                (conversation_key, marker),
-            )
-            return [(str(row[0]), str(row[1])) for row in rows]
-
-        return await self._write(body)
-
-    async def drop_kept(self, conversation_key: str) -> int:
-        """Forget the conversation's waiting attachments (/new); returns how many."""
-        now = self._clock()
-
-        async def body(conn: aiosqlite.Connection) -> int:
-            return await _rowcount(
-                conn,
-                "UPDATE turns SET error = 'kept-dropped', updated_at = ?"
-                " WHERE conversation_key = ? AND error = 'kept'",
-                (now, conversation_key),
-            )
-
-        return await self._write(body)
 
     # -- health ---------------------------------------------------------------------------
 

@@ -40,7 +40,7 @@ async def test_empty_file_is_migrated_to_the_current_version(db_path: Path):
     async with await SessionStore.open(db_path):
         pass
     assert db_path.parent.is_dir()
-    assert user_version(db_path) == SCHEMA_VERSION == len(STEPS) == 3
+    assert user_version(db_path) == SCHEMA_VERSION == len(STEPS) == 4
     assert schema_objects(db_path) >= {
         ("table", "conversations"),
         ("table", "processed_messages"),
@@ -51,6 +51,7 @@ async def test_empty_file_is_migrated_to_the_current_version(db_path: Path):
         ("index", "turns_created"),
         ("table", "permission_grants"),
         ("table", "grant_notices"),
+        ("table", "kept_attachments"),
         ("table", "sessions"),
         ("index", "sessions_conversation"),
     }
@@ -225,3 +226,47 @@ async def test_v3_drops_unscoped_grants_and_leaves_one_notice_per_conversation(d
         assert await store.remove_grant("p2p:a", grants[0].grant_id)
         assert [g.rule for g in await store.list_grants("p2p:a")] == ["example.com"]
         assert await store.clear_grants("p2p:a") == 1
+
+
+async def test_v4_moves_kept_attachments_out_of_the_journal(db_path: Path):
+    """Issue 17: kept attachments were fake 'done' turns marked in `error`. Waiting and
+    claimed ones move to kept_attachments; dropped ones go; real turns stay."""
+    db_path.parent.mkdir(parents=True)
+    conn = await connect(db_path)
+    try:
+        assert await migrate(conn, steps=STEPS[:3]) == 3
+        rows = [
+            ("om_wait", "kept", "ou_a"),
+            ("om_took", "kept>om_q", "ou_a"),
+            ("om_gone", "kept-dropped", "ou_a"),
+            ("om_q", None, "ou_a"),
+        ]
+        for n, (mid, error, who) in enumerate(rows):
+            await conn.execute(
+                "INSERT INTO turns (message_id, conversation_key, chat_id, prompt,"
+                " reply_in_thread, status, error, attachments, sender_open_id, created_at,"
+                " updated_at) VALUES (?, 'p2p:oc_1', 'oc_1', '', 0, 'done', ?, ?, ?, ?, ?)",
+                (mid, error, f'[{{"kind": "image", "key": "img_{n}"}}]', who, 100.0 + n, 100.0),
+            )
+        await conn.commit()
+    finally:
+        await conn.close()
+    async with await SessionStore.open(db_path) as store:
+        assert await store.drop_kept("p2p:oc_other") == 0
+    assert raw_rows(db_path, "SELECT message_id FROM turns") == [("om_q",)]
+    assert raw_rows(
+        db_path, "SELECT message_id, claimed_by, sender_open_id FROM kept_attachments"
+        " ORDER BY message_id"
+    ) == [("om_took", "om_q", "ou_a"), ("om_wait", None, "ou_a")]
+    async with await SessionStore.open(db_path) as store:
+        # the waiting one, kept before om_q was journaled, goes with it too, in kept order
+        claimed = await store.claim_kept("p2p:oc_1", "om_q", since=0)
+        assert [mid for mid, _ in claimed] == ["om_wait", "om_took"]
+        assert await store.drop_kept("p2p:oc_1") == 0  # nothing waits any more
+
+
+def raw_rows(path: Path, sql: str) -> list[tuple[object, ...]]:
+    with sqlite3.connect(path) as db:
+        rows = db.execute(sql).fetchall()
+    db.close()
+    return rows
