@@ -16,8 +16,8 @@ if TYPE_CHECKING:
     from feishu_bot.claude.launcher import Launcher
     from feishu_bot.config import Settings
     from feishu_bot.conversations import Conversations
+    from feishu_bot.feishu.card_action import RecentAnswers
     from feishu_bot.feishu.replier import FeishuReplier
-    from feishu_bot.handlers.cards import RecentAnswers
     from feishu_bot.turns import TurnRegistry
 
 __all__ = ["BotContext", "GatewayStatus"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from feishu_bot.errors import (
     AttachmentError,
     ClaudeError,
@@ -29,6 +31,7 @@ __all__ = [
     "TOO_LONG",
     "UNSUPPORTED",
     "bounded",
+    "clock",
     "describe_error",
     "duration",
 ]
@@ -158,3 +161,8 @@ def duration(seconds: float) -> str:
     if hours:
         return f"{hours} h {minutes:02d} min"
     return f"{minutes} min" if secs == 0 else f"{minutes} min {secs:02d} s"
+
+
+def clock(ts: float) -> str:
+    """A wall-clock time with its UTC offset, as the operator's log shows it."""
+    return time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(ts))

@@ -6,7 +6,6 @@ The condition's name is in the body too, so a search in the chat finds every car
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 from feishu_bot import wording
@@ -14,7 +13,7 @@ from feishu_bot import wording
 if TYPE_CHECKING:
     from feishu_bot.alerts.conditions import Transition
 
-__all__ = ["REMEDIES", "TITLES", "alert_card", "alert_text", "clock"]
+__all__ = ["REMEDIES", "TITLES", "alert_card", "alert_text"]
 
 TITLES: dict[str, str] = {
     "ws_down": "The Feishu long connection was down",
@@ -59,11 +58,6 @@ REMEDIES: dict[str, str] = {
 }
 
 
-def clock(ts: float) -> str:
-    """A wall-clock time with its UTC offset, as the operator's log shows it."""
-    return time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(ts))
-
-
 def alert_text(t: Transition) -> tuple[str, str, str]:
     """(header template, title, markdown body) of a transition's card."""
     name = str(t.condition)
@@ -79,10 +73,10 @@ def alert_text(t: Transition) -> tuple[str, str, str]:
         # One card for the whole outage: it could not be sent while the connection was down.
         return "orange", f"⚠️ {title}", f"**{name}** · {t.detail}{held}{remedy}"
     if t.started:
-        body = f"**{name}** since {clock(t.since)}\n{t.detail}{held}{remedy}"
+        body = f"**{name}** since {wording.clock(t.since)}\n{t.detail}{held}{remedy}"
         return "red", f"⚠️ {title}", body
     after = wording.duration(t.at - t.since)
-    body = f"**{name}** cleared at {clock(t.at)}, after {after}\n{t.detail}"
+    body = f"**{name}** cleared at {wording.clock(t.at)}, after {after}\n{t.detail}"
     return "green", f"✅ Cleared: {title}", body
 
 

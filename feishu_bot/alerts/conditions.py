@@ -38,7 +38,6 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from feishu_bot import wording
-from feishu_bot.alerts.cards import clock
 from feishu_bot.errors import AttachmentError, ClaudeError, QueueFull
 
 if TYPE_CHECKING:
@@ -202,7 +201,8 @@ class AlertEngine:
             if auth is None:
                 return [self._start(Condition.CLAUDE_AUTH, now, now,
                                     f"a turn failed: {error}")]
-            auth.detail = f"{self._auth_failed} turns failed since {clock(auth.since)}: {error}"
+            since = wording.clock(auth.since)
+            auth.detail = f"{self._auth_failed} turns failed since {since}: {error}"
             return []
         out: list[Transition] = []
         if kind is TurnKind.OK:
@@ -245,7 +245,7 @@ class AlertEngine:
             if self._ws_down_since is None:
                 self._ws_down_since = s.now
             since = self._ws_down_since
-            detail = f"the Feishu long connection has been down since {clock(since)}"
+            detail = f"the Feishu long connection has been down since {wording.clock(since)}"
             if episode is None and s.now - since > limit:
                 yield self._start(cond, s.now, since, detail, send=False)
             elif episode is not None:
@@ -259,11 +259,11 @@ class AlertEngine:
                 return
             # it ended between two samples: the episode still happened
             yield self._start(cond, s.now, since, f"the Feishu long connection was down since "
-                              f"{clock(since)}", send=False)
+                              f"{wording.clock(since)}", send=False)
         yield self._clear(cond, s.now, (
             f"the Feishu long connection was down for {wording.duration(s.now - since)}, from "
-            f"{clock(since)} to {clock(s.now)}; it is connected again (reconnects so far: "
-            f"{s.reconnects})"))
+            f"{wording.clock(since)} to {wording.clock(s.now)}; it is connected again "
+            f"(reconnects so far: {s.reconnects})"))
 
     def _degraded(self, s: Sample) -> Iterator[Transition]:
         cond = Condition.DEGRADED

@@ -8,10 +8,11 @@ it is one of ours.
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CardAction", "parse_card_action"]
+__all__ = ["CardAction", "RecentAnswers", "parse_card_action"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,3 +52,19 @@ def _get(obj: dict[str, Any], outer: str, inner: str) -> str:
     value = obj.get(outer)
     found = value.get(inner) if isinstance(value, dict) else None
     return found if isinstance(found, str) else ""
+
+
+class RecentAnswers:
+    """The answers given to the latest callbacks, so a redelivered one gets the same toast."""
+
+    def __init__(self, size: int = 512) -> None:
+        self._size = size
+        self._items: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    def get(self, event_id: str) -> dict[str, Any] | None:
+        return self._items.get(event_id)
+
+    def put(self, event_id: str, answer: dict[str, Any]) -> None:
+        self._items[event_id] = answer
+        while len(self._items) > self._size:
+            self._items.popitem(last=False)

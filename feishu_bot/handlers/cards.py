@@ -18,14 +18,13 @@ turn's own stream updates the card anyway. Anything it refuses does nothing but 
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
 from feishu_bot.feishu.buttons import ButtonSigner, ButtonValue
-from feishu_bot.feishu.card_action import parse_card_action
+from feishu_bot.feishu.card_action import RecentAnswers, parse_card_action
 from feishu_bot.keys import ConversationKey
 
 if TYPE_CHECKING:
@@ -53,22 +52,6 @@ OLD_CARD = (
 def toast(kind: str, content: str) -> dict[str, Any]:
     """A callback answer that shows a toast (kind: info, success, warning, error)."""
     return {"toast": {"type": kind, "content": content}}
-
-
-class RecentAnswers:
-    """The answers given to the latest callbacks, so a redelivered one gets the same toast."""
-
-    def __init__(self, size: int = 512) -> None:
-        self._size = size
-        self._items: OrderedDict[str, dict[str, Any]] = OrderedDict()
-
-    def get(self, event_id: str) -> dict[str, Any] | None:
-        return self._items.get(event_id)
-
-    def put(self, event_id: str, answer: dict[str, Any]) -> None:
-        self._items[event_id] = answer
-        while len(self._items) > self._size:
-            self._items.popitem(last=False)
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,11 @@ from feishu_bot.approvals import ApprovalBroker
 from feishu_bot.events import PermissionRequest
 from feishu_bot.feishu.access import AccessPolicy
 from feishu_bot.feishu.buttons import ButtonSigner
+from feishu_bot.feishu.card_action import RecentAnswers
 from feishu_bot.feishu.gateway import FeishuGateway
 from feishu_bot.feishu.replier import FeishuReplier
 from feishu_bot.feishu.streaming import CardKitState, CardStreamFactory
-from feishu_bot.handlers.cards import RecentAnswers, handle_card_action
+from feishu_bot.handlers.cards import handle_card_action
 from feishu_bot.simulator import FeishuSimulator
 from feishu_bot.simulator.cardkit import find_button
 from feishu_bot.turns import TurnRegistry

@@ -21,7 +21,8 @@ from feishu_bot.approvals import ApprovalBroker
 from feishu_bot.events import PermissionRequest
 from feishu_bot.feishu.access import AccessPolicy
 from feishu_bot.feishu.buttons import ButtonSigner
-from feishu_bot.handlers.cards import RecentAnswers, handle_card_action
+from feishu_bot.feishu.card_action import RecentAnswers
+from feishu_bot.handlers.cards import handle_card_action
 from feishu_bot.turns import TurnRegistry
 from tests.fakes.wiring import make_conversations
 
