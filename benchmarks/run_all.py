@@ -702,10 +702,10 @@ async def bench_imports(report: Report) -> None:
         f"{bare / MB:.0f} / {bot / MB:.0f} / {full / MB:.0f} MB "
         f"(bot: {t_bot:.2f} s; lark_oapi: +{(full - bot) / MB:.0f} MB, {t_full:.1f} s)",
     )
-    # What the bot does: ws_session's lean load (no package __init__, no event processors).
-    t_lean, lean = await import_cost(_BOT_MODULES, ["feishu_bot.feishu.ws_session:load_sdk"])
+    # What the bot does: lark_sdk's lean load (no package __init__, no event processors).
+    t_lean, lean = await import_cost(_BOT_MODULES, ["feishu_bot.feishu.lark_sdk:load_sdk"])
     report.add(
-        "import: + lark_oapi as the bot loads it (ws_session.load_sdk)",
+        "import: + lark_oapi as the bot loads it (lark_sdk.load_sdk)",
         f"{lean / MB:.0f} MB (+{(lean - bot) / MB:.0f} MB, {t_lean:.2f} s)",
     )
 

@@ -1,6 +1,6 @@
-"""Pins the installed lark_oapi's layout that ws_session's lean load relies on.
+"""Pins the installed lark_oapi's layout that lark_sdk's lean load relies on.
 
-The lean load (`feishu_bot.feishu.ws_session.load_sdk`) imports ``lark_oapi.ws.client`` without
+The lean load (`feishu_bot.feishu.lark_sdk.load_sdk`) imports ``lark_oapi.ws.client`` without
 the package ``__init__`` and with a stand-in for ``event.dispatcher_handler``. That is only
 sound while the SDK is laid out as in 1.7.5; an upgrade that moves any of it must fail here,
 each assertion naming what moved, rather than at run time in production. The checks read the
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from feishu_bot.feishu.ws_session import (
+from feishu_bot.feishu.lark_sdk import (
     CLIENT_METHODS,
     DISPATCHER_MODULE,
     SDK_MODULES,
@@ -87,7 +87,7 @@ def _client_class(tree: ast.Module) -> ast.ClassDef:
 def test_installed_version_is_the_one_the_lean_load_was_written_for() -> None:
     installed = importlib.metadata.version("lark-oapi")
     assert installed == SDK_VERSION, (
-        f"lark-oapi {installed} is installed, ws_session.SDK_VERSION is {SDK_VERSION}: "
+        f"lark-oapi {installed} is installed, lark_sdk.SDK_VERSION is {SDK_VERSION}: "
         "re-check this file's pins against the new SDK, then update SDK_VERSION"
     )
     const = ast.parse((SDK_DIR / "core" / "const.py").read_text(encoding="utf-8"))
@@ -141,12 +141,12 @@ def test_ws_client_imports_exactly_what_the_lean_load_provides() -> None:
         "lark_oapi/ws/client.py's SDK imports changed; new: "
         f"{ {m: sorted(n) for m, n in added.items() if n} }, gone: "
         f"{ {m: sorted(n) for m, n in gone.items() if n} }. Anything new from "
-        f"{DISPATCHER_MODULE} must be added to the stand-in in ws_session._load_sdk"
+        f"{DISPATCHER_MODULE} must be added to the stand-in in lark_sdk._load_sdk"
     )
 
 
 def test_the_dispatcher_type_is_only_an_annotation_in_the_ws_client() -> None:
-    # The stand-in module holds ws_session._EventDispatcher under this name: harmless only
+    # The stand-in module holds lark_sdk.EventDispatcher under this name: harmless only
     # while client.py never instantiates or calls it.
     tree = _client_tree()
     annotations = {
@@ -182,7 +182,7 @@ def test_the_ws_client_calls_only_do_without_validation_on_its_handler() -> None
     }
     assert called == {"_do_without_validation"}, (
         f"lark_oapi/ws/client.py now uses {sorted(called)} of its event handler; "
-        "ws_session._EventDispatcher provides only _do_without_validation"
+        "lark_sdk.EventDispatcher provides only _do_without_validation"
     )
 
 
@@ -238,7 +238,7 @@ def _run(code: str) -> dict[str, object]:
 
 LEAN_PROBE = """
 import json, sys
-from feishu_bot.feishu import ws_session
+from feishu_bot.feishu import lark_sdk as ws_session
 before = set(sys.modules)
 sdk = ws_session.load_sdk()
 import lark_oapi
@@ -282,7 +282,7 @@ def test_the_full_package_imported_first_is_used_as_it_is() -> None:
     # replace its modules (two copies of one class would break isinstance checks).
     out = _run(
         "import json, lark_oapi\n"
-        "from feishu_bot.feishu import ws_session\n"
+        "from feishu_bot.feishu import lark_sdk as ws_session\n"
         "sdk = ws_session.load_sdk()\n"
         "print(json.dumps({'same': sdk.client_class is lark_oapi.ws.Client,"
         " 'json': sdk.json is lark_oapi.JSON}))\n"

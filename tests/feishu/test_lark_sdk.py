@@ -1,7 +1,8 @@
-"""ws_session's own event dispatcher against the SDK's, payload by payload.
+"""lark_sdk's own event dispatcher (with ws_session's envelopes) against the SDK's, payload by
+payload.
 
 The lean load replaced lark_oapi's ``EventDispatcherHandler`` (whose module imports every API's
-event processors) with `_EventDispatcher`. What the host sees must not change: the same
+event processors) with `EventDispatcher`. What the host sees must not change: the same
 envelopes for the same payloads, the same answer on a card callback's ack, and an exception
 (so a 500 ack) in the same cases. A fresh interpreter imports the whole SDK as the reference
 and feeds both the same payloads (the parent process stays lean).
@@ -22,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PARITY = r"""
 import json, sys
 import lark_oapi as lark  # the reference: the whole SDK
-from feishu_bot.feishu import ws_session as ws
+from feishu_bot.feishu import lark_sdk as ws
+from feishu_bot.feishu.ws_session import _envelope
 
 cases = json.loads(sys.stdin.read())
 sdk = ws.load_sdk()
@@ -30,10 +32,10 @@ sdk = ws.load_sdk()
 def run(kind, payload, answer):
     seen = []
     def on_event(data):
-        seen.append(ws._envelope(data))
+        seen.append(_envelope(data))
         return {"dropped": True}  # an event handler's return value never reaches the ack
     def on_card(data):
-        seen.append(ws._envelope(data))
+        seen.append(_envelope(data))
         if answer == "raise":
             raise RuntimeError("host failed")
         return answer
@@ -43,7 +45,7 @@ def run(kind, payload, answer):
         builder.register_p2_card_action_trigger(on_card)
         handler = builder.build()
     else:
-        handler = ws._EventDispatcher(
+        handler = ws.EventDispatcher(
             sdk,
             events={"p2.im.message.receive_v1": on_event},
             callbacks={"p2.card.action.trigger": (sdk.card_action_trigger, on_card)},
