@@ -19,7 +19,17 @@ from feishu_bot.errors import (
 )
 
 __all__ = [
+    "CLICK_ALREADY_DONE",
+    "CLICK_ELSEWHERE",
     "CLICK_FAILED",
+    "CLICK_FINISHED",
+    "CLICK_FORGED",
+    "CLICK_NEW_SESSION",
+    "CLICK_NOT_ALLOWED",
+    "CLICK_NO_APPROVALS",
+    "CLICK_OLD_CARD",
+    "CLICK_STOPPING",
+    "CLICK_UNREADABLE",
     "DEFERRED",
     "EMPTY",
     "HISTORY_CUT",
@@ -38,6 +48,23 @@ __all__ = [
 
 STOPPED = "Stopped by /stop."
 CLICK_FAILED = "Something went wrong; try again."
+# Toasts a button click answers with.
+CLICK_NOT_ALLOWED = "You are not allowed to use this bot."
+CLICK_FORGED = (
+    "This button is not valid (it was changed or is not from this bot). Nothing was done."
+)
+CLICK_ELSEWHERE = "This button belongs to another chat. Nothing was done."
+CLICK_FINISHED = "This request has already finished."
+CLICK_UNREADABLE = "Sorry, this button could not be read."
+CLICK_NO_APPROVALS = "Approvals are not available right now."
+CLICK_OLD_CARD = (
+    "This is not the conversation's latest answer, so its New session button does nothing. "
+    "Use the button on the latest answer, or send /new."
+)
+CLICK_ALREADY_DONE = "Already done."
+CLICK_STOPPING = "Stopping…"
+CLICK_NEW_SESSION = "New session: your next message starts a fresh conversation."
+
 INTERRUPTED = (
     "The bot restarted while Claude was working on this, so the request was interrupted. "
     "Please send it again."

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
+from feishu_bot import wording
 from feishu_bot.feishu.buttons import ButtonSigner, ButtonValue
 from feishu_bot.feishu.card_action import RecentAnswers, parse_card_action
 from feishu_bot.keys import ConversationKey
@@ -37,16 +38,6 @@ if TYPE_CHECKING:
 __all__ = ["CardServices", "RecentAnswers", "card_services", "handle_card_action", "toast"]
 
 LIVE_STATUSES = ("queued", "running")
-NOT_ALLOWED = "You are not allowed to use this bot."
-FORGED = "This button is not valid (it was changed or is not from this bot). Nothing was done."
-ELSEWHERE = "This button belongs to another chat. Nothing was done."
-FINISHED = "This request has already finished."
-UNREADABLE = "Sorry, this button could not be read."
-NO_APPROVALS = "Approvals are not available right now."
-OLD_CARD = (
-    "This is not the conversation's latest answer, so its New session button does nothing. "
-    "Use the button on the latest answer, or send /new."
-)
 
 
 def toast(kind: str, content: str) -> dict[str, Any]:
@@ -95,27 +86,27 @@ async def handle_card_action(
     `signer` defaults to one derived from FEISHU_APP_SECRET."""
     click = parse_card_action(envelope)
     if click is None:
-        return toast("error", UNREADABLE)
+        return toast("error", wording.CLICK_UNREADABLE)
     operator = click.operator_open_id
     with logger.contextualize(message_id=click.message_id):
         if not access.allows(operator, click.chat_id):
             logger.info("card action refused: {} is not allowed", operator)
-            return toast("warning", NOT_ALLOWED)
+            return toast("warning", wording.CLICK_NOT_ALLOWED)
         signer = signer or ButtonSigner(ctx.settings.FEISHU_APP_SECRET.get_secret_value())
         value = signer.verify(click.value)
         if value is None:
             logger.warning("card action with an invalid value from {}", operator)
-            return toast("error", FORGED)
+            return toast("error", wording.CLICK_FORGED)
         if click.chat_id and not _in_chat(value.conversation_key, click.chat_id):
             logger.warning(
                 "card action of {} clicked in chat {}", value.conversation_key, click.chat_id
             )
-            return toast("error", ELSEWHERE)
+            return toast("error", wording.CLICK_ELSEWHERE)
         event_id = click.event_id
         if event_id and not await ctx.store.mark_processed("card:" + event_id):
             logger.info("card action {} delivered again", event_id)
             earlier = answers.get(event_id) if answers is not None else None
-            return earlier or toast("info", "Already done.")
+            return earlier or toast("info", wording.CLICK_ALREADY_DONE)
         with logger.contextualize(conversation=value.conversation_key):
             answer = await _act(ctx, value, operator)
         if answers is not None and event_id:
@@ -131,18 +122,18 @@ async def _act(ctx: BotContext, value: ButtonValue, operator: str) -> dict[str, 
         # the conversation's other turns go on (/stop stops them all).
         turn = await ctx.store.get_turn(value.turn_id)
         if turn is None or turn.conversation_key != key or turn.status not in LIVE_STATUSES:
-            return toast("info", FINISHED)
+            return toast("info", wording.CLICK_FINISHED)
         if not ctx.conversations.stop_turn(key, value.turn_id):
-            return toast("info", FINISHED)
-        return toast("success", "Stopping…")
+            return toast("info", wording.CLICK_FINISHED)
+        return toast("success", wording.CLICK_STOPPING)
     if value.action == "new":
         latest = await ctx.store.latest_finished_turn(key)
         if latest is not None and value.turn_id != latest:
-            return toast("info", OLD_CARD)
+            return toast("info", wording.CLICK_OLD_CARD)
         ctx.turns.spawn(_new_session(ctx, key), name=f"card-new:{key}")
-        return toast("success", "New session: your next message starts a fresh conversation.")
+        return toast("success", wording.CLICK_NEW_SESSION)
     if ctx.approvals is None:
-        return toast("error", NO_APPROVALS)
+        return toast("error", wording.CLICK_NO_APPROVALS)
     kind, text = ctx.approvals.answer(value, operator)
     return toast(kind, text)
 

@@ -10,8 +10,8 @@ import asyncio
 
 import pytest
 
-from feishu_bot.handlers.cards import OLD_CARD
 from feishu_bot.simulator import FeishuSimulator
+from feishu_bot.wording import CLICK_OLD_CARD as OLD_CARD
 from tests.e2e.conftest import final_text
 from tests.e2e.test_cards import card_with
 from tests.fakes.fake_anthropic import Hang, Reply
