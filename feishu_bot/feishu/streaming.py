@@ -1,6 +1,6 @@
 """The reply of one turn as a CardKit card that types, with buttons and approval blocks.
 
-`CardStream` has `ReplyStream`'s interface (`queued`, `started`, `update`, `finish`, `fail`,
+`CardStream` has `PatchStream`'s interface (`queued`, `started`, `update`, `finish`, `fail`,
 `aclose`, `card_id`, `closed`) plus blocks (`show_block` / `resolve_block`: approval requests,
 Claude's questions and the record of their answers) and buttons (Stop while the turn runs,
 New session on the final card; only with a `signer` and a `turn_id`).
@@ -27,7 +27,7 @@ do not fit go out as further cards, in order. Invariants:
 
 PATCH path: when CardKit is off, refused (any 4xx on create, e.g. the app lacks the scope
 cardkit:card:write), or its reply is refused, the stream hands the card over to an inner
-`ReplyStream` (today's PATCHed card, no buttons) and shows blocks as separate small cards.
+`PatchStream` (today's PATCHed card, no buttons) and shows blocks as separate small cards.
 `CardKitState`, shared by all streams, remembers a refusal (one WARNING naming the scope) and
 lets one stream try again every `recheck_after` seconds.
 """
@@ -46,7 +46,7 @@ from feishu_bot.errors import FeishuApiError, FeishuTransientError
 from feishu_bot.feishu import render
 from feishu_bot.feishu.buttons import ButtonSigner
 from feishu_bot.feishu.cardkit_state import CardKitState, Reaction
-from feishu_bot.feishu.progress import DEFAULT_REACTION, ReplyStream
+from feishu_bot.feishu.patch_stream import DEFAULT_REACTION, PatchStream
 from feishu_bot.feishu.render import ANSWER_ELEMENT, Block, Button, CardState
 
 __all__ = ["CardKitState", "CardStream", "CardStreamFactory"]
@@ -101,7 +101,7 @@ class CardStream:
         self._want_card = False
         self._closed = False
 
-        self._fallback: ReplyStream | None = None
+        self._fallback: PatchStream | None = None
         self._block_messages: dict[str, str] = {}
         self._block_tasks: list[asyncio.Task[None]] = []
         self._block_lock = asyncio.Lock()  # block cards are sent and PATCHed in order
@@ -122,7 +122,7 @@ class CardStream:
         self._flusher: asyncio.Task[None] | None = None
         self.operations = 0  # CardKit operations sent (tests, metrics)
 
-    # -- ReplyStream's interface -------------------------------------------------------------
+    # -- PatchStream's interface -------------------------------------------------------------
 
     @property
     def card_id(self) -> str | None:
@@ -297,7 +297,7 @@ class CardStream:
     # -- CardKit internals -------------------------------------------------------------------
 
     def _use_patch(self) -> None:
-        self._fallback = ReplyStream(
+        self._fallback = PatchStream(
             self._replier,
             self._reply_to,
             in_thread=self._in_thread,
@@ -415,7 +415,7 @@ class CardStream:
             self._switch_to_patch()
 
     def _switch_to_patch(self) -> None:
-        """Hand the card to a ReplyStream, carrying over what it should show."""
+        """Hand the card to a PatchStream, carrying over what it should show."""
         self._use_patch()
         assert self._fallback is not None
         fallback, text, position = self._fallback, self._text, self._position
@@ -534,7 +534,7 @@ class CardStream:
 class CardStreamFactory:
     """Makes the CardStream of each turn; one per app, sharing one CardKitState and signer.
 
-    Called like the ReplyStream class: ``factory(replier, message_id, in_thread=...)``, plus
+    Called like the PatchStream class: ``factory(replier, message_id, in_thread=...)``, plus
     ``conversation_key`` and ``turn_id`` for the Stop and New session buttons (without a
     turn id the card has no buttons).
     """

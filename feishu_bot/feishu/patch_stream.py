@@ -1,6 +1,6 @@
 """The user-visible life of one turn: a reaction on the user's message and one live card.
 
-`ReplyStream` owns, for one turn:
+`PatchStream` owns, for one turn:
 - an emoji reaction on the user's message while Claude works (`started` … `finish`/`fail`);
 - one interactive card, created lazily (on `queued` or the first `update`), then PATCHed;
 - the final answer: the card is PATCHed with the first part and further parts are replied
@@ -39,7 +39,7 @@ from feishu_bot.feishu import render
 from feishu_bot.feishu.reaction import Reaction
 from feishu_bot.feishu.render import CardState
 
-__all__ = ["DEFAULT_REACTION", "CardReplier", "ReplyStream"]
+__all__ = ["DEFAULT_REACTION", "CardReplier", "PatchStream"]
 
 # A real Feishu reaction emoji_type ("on it"); see the Feishu "emojis introduce" list.
 DEFAULT_REACTION = "OnIt"
@@ -69,7 +69,7 @@ class CardReplier(Protocol):
 _View = tuple[CardState, str, str | None, int | None]
 
 
-class ReplyStream:
+class PatchStream:
     """One turn's card and reaction; see the module docstring for the guarantees."""
 
     def __init__(

@@ -1,4 +1,4 @@
-"""ReplyStream: throttled live card, reaction, exactly-once final delivery.
+"""PatchStream: throttled live card, reaction, exactly-once final delivery.
 
 The first half uses an in-memory replier with a manual clock (exact control over in-flight
 requests and time); the second half runs against the Feishu simulator over real HTTP.
@@ -19,7 +19,7 @@ from feishu_bot.claude.protocol import StreamParser
 from feishu_bot.errors import FeishuApiError, FeishuTransientError
 from feishu_bot.events import ClaudeEvent
 from feishu_bot.feishu.pacing import Pacer
-from feishu_bot.feishu.progress import DEFAULT_REACTION, ReplyStream
+from feishu_bot.feishu.patch_stream import DEFAULT_REACTION, PatchStream
 from feishu_bot.feishu.render import CARD_MAX_BYTES, card_size
 from feishu_bot.feishu.replier import FeishuReplier
 
@@ -161,8 +161,8 @@ def fake() -> FakeReplier:
     return FakeReplier()
 
 
-def make_stream(fake: FakeReplier, t: ManualTime, **kw: Any) -> ReplyStream:
-    return ReplyStream(
+def make_stream(fake: FakeReplier, t: ManualTime, **kw: Any) -> PatchStream:
+    return PatchStream(
         fake, "om_user", in_thread=False, min_interval=1.0, clock=t.clock, sleep=t.sleep, **kw
     )
 
@@ -506,7 +506,7 @@ def card_requests(sim: Any, method: str) -> list[Any]:
 async def test_sim_rapid_streaming_then_complete_final(sim: Any) -> None:
     user = await sim.push_message(text="question")
     async with real_replier(sim) as replier:
-        stream = ReplyStream(replier, user, in_thread=False, min_interval=1.0)
+        stream = PatchStream(replier, user, in_thread=False, min_interval=1.0)
         await stream.started()
         text = ""
         for i in range(50):  # ~0.25 s of streaming: well within one interval
@@ -534,7 +534,7 @@ async def test_sim_long_answer_becomes_ordered_cards(sim: Any) -> None:
         for i in range(40)
     )
     async with real_replier(sim) as replier:
-        stream = ReplyStream(replier, user, in_thread=True, min_interval=0.05)
+        stream = PatchStream(replier, user, in_thread=True, min_interval=0.05)
         await stream.started()
         await stream.update(text[:500])
         await sim.wait_for(lambda: sim.replies_to(user))
@@ -553,7 +553,7 @@ async def test_sim_long_answer_becomes_ordered_cards(sim: Any) -> None:
 async def test_sim_reaction_added_then_removed(sim: Any) -> None:
     user = await sim.push_message(text="hi")
     async with real_replier(sim) as replier:
-        stream = ReplyStream(replier, user, in_thread=False)
+        stream = PatchStream(replier, user, in_thread=False)
         await stream.started()
         [reaction] = await sim.wait_for(lambda: sim.live_reactions(user))
         assert reaction.emoji_type == DEFAULT_REACTION
@@ -565,7 +565,7 @@ async def test_sim_reaction_added_then_removed(sim: Any) -> None:
 async def test_sim_fail_turns_card_red(sim: Any) -> None:
     user = await sim.push_message(text="hi")
     async with real_replier(sim) as replier:
-        stream = ReplyStream(replier, user, in_thread=False, min_interval=0.01)
+        stream = PatchStream(replier, user, in_thread=False, min_interval=0.01)
         await stream.started()
         await stream.update("partial answer")
         await sim.wait_for(lambda: sim.replies_to(user))
@@ -585,7 +585,7 @@ async def test_sim_rate_limited_chat_still_gets_every_card(sim: Any) -> None:
         async with real_replier(
             limited, backoff_initial=0.05, backoff_max=0.5, pacer=Pacer.off()
         ) as replier:
-            stream = ReplyStream(replier, user, in_thread=False)
+            stream = PatchStream(replier, user, in_thread=False)
             await stream.finish(text)
         cards = limited.replies_to(user)
         assert "".join(c.content["elements"][0]["content"] for c in cards) == text
