@@ -1,4 +1,4 @@
-"""PatchStream: throttled live card, reaction, exactly-once final delivery.
+"""PatchStream: throttled live card, reaction, block cards, exactly-once final delivery.
 
 The first half uses an in-memory replier with a manual clock (exact control over in-flight
 requests and time); the second half runs against the Feishu simulator over real HTTP.
@@ -19,9 +19,11 @@ from feishu_bot.claude.protocol import StreamParser
 from feishu_bot.errors import FeishuApiError, FeishuTransientError
 from feishu_bot.events import ClaudeEvent
 from feishu_bot.feishu.pacing import Pacer
-from feishu_bot.feishu.patch_stream import DEFAULT_REACTION, PatchStream
-from feishu_bot.feishu.render import CARD_MAX_BYTES, card_size
+from feishu_bot.feishu.patch_stream import BLOCK_TITLE, PatchStream
+from feishu_bot.feishu.reaction import DEFAULT_REACTION
+from feishu_bot.feishu.render import CARD_MAX_BYTES, Block, Button, card_size
 from feishu_bot.feishu.replier import FeishuReplier
+from feishu_bot.simulator.cardkit import find_button
 
 # -- test doubles ------------------------------------------------------------------------------
 
@@ -435,6 +437,55 @@ async def test_aclose_without_final_stops_background_work(
     await settle()
     assert fake.ops("patch") == []
     assert stream.closed
+
+
+def block_text(card: dict[str, Any]) -> str:
+    """The markdown of a Card JSON 2.0 block card."""
+    return "".join(e.get("content", "") for e in card["body"]["elements"] if e["tag"] == "markdown")
+
+
+ALLOW = Button("Allow once", {"action": "allow"}, "primary")
+
+
+async def test_blocks_are_cards_of_their_own_sent_in_order_before_the_answer(
+    fake: FakeReplier, time_: ManualTime
+) -> None:
+    stream = make_stream(fake, time_)
+    fake.gate["reply"] = asyncio.Event()  # the first block card hangs in flight
+    await asyncio.wait_for(stream.show_block(Block("r1", "**Bash** wants `ls`", (ALLOW,))), 0.5)
+    await asyncio.wait_for(stream.resolve_block("r1", "❌ Denied"), 0.5)
+    await asyncio.wait_for(stream.show_block(Block("r2", "Which colour?", (ALLOW,))), 0.5)
+    await fake.wait_for(lambda: fake.ops("reply"))
+    await settle()
+    assert len(fake.ops("reply")) == 1 and fake.ops("patch") == []  # one at a time
+    fake.gate["reply"].set()
+    await stream.finish("no files listed")
+
+    asked, answer = fake.order[0], fake.order[-1]
+    assert [op for op, _ in fake.calls] == ["reply", "patch", "reply", "reply"]
+    first, record = fake.cards[asked]
+    assert first["header"]["title"]["content"] == BLOCK_TITLE
+    assert find_button(first, "Allow once") is not None
+    assert "❌ Denied" in block_text(record) and find_button(record, "Allow once") is None
+    assert find_button(latest(fake, fake.order[1]), "Allow once") is not None
+    assert body(latest(fake, answer)) == "no files listed"  # the answer comes last
+    uuids = [detail[3] for detail in fake.ops("reply")]
+    assert uuids[0].endswith("-r1") and uuids[1].endswith("-r2") and len(set(uuids)) == 3
+    assert fake.max_in_flight == 1
+
+
+async def test_a_block_settled_as_the_turn_ends_still_gets_its_record(
+    fake: FakeReplier, time_: ManualTime
+) -> None:
+    """Stop settles a waiting approval while the turn's failure is delivered: the approval's
+    card must not keep its buttons."""
+    stream = make_stream(fake, time_)
+    await stream.show_block(Block("r1", "**Bash** wants `ls`", (ALLOW,)))
+    await stream.fail("Stopped.")
+    await stream.resolve_block("r1", "⏹ Bash: stopped")
+    [(mid, record)] = await fake.wait_for(lambda: fake.ops("patch"))
+    assert mid == fake.order[0] and "stopped" in block_text(record)
+    assert find_button(record, "Allow once") is None
 
 
 def _text_delta_lines(count: int, piece: str) -> list[str]:
