@@ -4,8 +4,8 @@
 `CardKitStream` when `CardKitState.should_try()` (FEISHU_CARDKIT not off, and no refusal
 remembered, or this turn is the one that re-checks), else with a `PatchStream`. When CardKit
 refuses this turn's card, the CardKit stream stops and hands over (`on_refused`): the switch
-moves to a `PatchStream` and replays what the card should show — the queue position or the
-text so far, then every block in the order it first appeared (a resolved one as its record) —
+moves to a `PatchStream` and replays what the card should show — every block in the order it
+first appeared (a resolved one as its record), and the queue position or the text so far —
 and every later call goes there, the final answer included. It moves once, one way.
 
 What the switch itself owns, so a move changes none of it:
@@ -122,14 +122,16 @@ class ReplySwitch:
         """Called by the CardKit stream, which stopped: show on PATCH cards what it showed.
 
         Runs before anything else touches the turn (see `CardKitStream._give_up`) and none of
-        these calls waits for Feishu, so no update can slip in between or be overtaken."""
+        these calls waits for Feishu, so no update can slip in between or be overtaken. Blocks
+        go first to keep the order the PATCH fallback always had: their cards are requested
+        before the answer card (whose first request waits for the PatchStream's flusher)."""
         patch = self._use_patch()
+        for block in self._blocks.values():
+            await patch.show_block(block)
         if self._position is not None:
             await patch.queued(self._position)
         elif self._text:
             await patch.update(self._text)
-        for block in self._blocks.values():
-            await patch.show_block(block)
 
     # -- the ReplySink -------------------------------------------------------------------------
 
