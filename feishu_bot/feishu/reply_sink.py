@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from feishu_bot.feishu.render import Block
 
-__all__ = ["BlockSink", "ReplySink", "SinkFactory", "Text", "UiCallback", "failure_text"]
+__all__ = ["BlockSink", "ReplySink", "ReplySinkFactory", "Text", "UiCallback", "failure_text"]
 
 # The answer so far, or a function returning it: read only when a card is about to be sent,
 # since joining a long streamed answer on each of its thousands of deltas is quadratic.
@@ -106,8 +106,8 @@ class ReplySink(BlockSink, Protocol):
         ...
 
 
-class SinkFactory(Protocol):
-    """Makes the sink of each turn (`reply_switch.ReplySinkFactory`)."""
+class ReplySinkFactory(Protocol):
+    """Makes the sink of each turn (what `reply_switch.ReplySwitchFactory` is)."""
 
     def __call__(
         self,

@@ -1,6 +1,6 @@
 """The reply sink of every turn: CardKit when it may be used, PATCH cards when it may not.
 
-`ReplySwitch` is the `ReplySink` a turn gets from `ReplySinkFactory`. It starts with a
+`ReplySwitch` is the `ReplySink` a turn gets from `ReplySwitchFactory`. It starts with a
 `CardKitStream` when `CardKitState.should_try()` (FEISHU_CARDKIT not off, and no refusal
 remembered, or this turn is the one that re-checks), else with a `PatchStream`. When CardKit
 refuses this turn's card, the CardKit stream stops and hands over (`on_refused`): the switch
@@ -37,7 +37,7 @@ from feishu_bot.feishu.reaction import DEFAULT_REACTION, Reaction
 from feishu_bot.feishu.render import Block
 from feishu_bot.feishu.reply_sink import ReplySink, Text, UiCallback
 
-__all__ = ["ReplySinkFactory", "ReplySwitch"]
+__all__ = ["ReplySwitch", "ReplySwitchFactory"]
 
 
 class ReplySwitch:
@@ -242,7 +242,7 @@ class ReplySwitch:
             await self._reaction.remove()
 
 
-class ReplySinkFactory:
+class ReplySwitchFactory:
     """Makes the ReplySink of each turn; one per app, sharing one CardKitState and signer.
 
     ``factory(replier, message_id, in_thread=..., conversation_key=..., turn_id=...)``: the

@@ -25,7 +25,7 @@ from feishu_bot.feishu.card_action import RecentAnswers
 from feishu_bot.feishu.cardkit_state import CardKitState
 from feishu_bot.feishu.gateway import FeishuGateway
 from feishu_bot.feishu.replier import FeishuReplier
-from feishu_bot.feishu.reply_switch import ReplySinkFactory
+from feishu_bot.feishu.reply_switch import ReplySwitchFactory
 from feishu_bot.handlers.cards import handle_card_action
 from feishu_bot.simulator import FeishuSimulator
 from feishu_bot.simulator.cardkit import find_button
@@ -74,7 +74,7 @@ async def world(sim: FeishuSimulator, tmp_path: Path) -> AsyncIterator[SimpleNam
             log_level="WARNING",
         )
         await gateway.start(timeout=60)
-        factory = ReplySinkFactory(
+        factory = ReplySwitchFactory(
             cardkit=CardKitState(), signer=signer, text_interval=0.05, op_interval=0.01
         )
         try:

@@ -20,7 +20,7 @@ from feishu_bot.feishu.patch_stream import PatchStream
 from feishu_bot.feishu.render import Block, Button
 from feishu_bot.feishu.replier import FeishuReplier
 from feishu_bot.feishu.reply_sink import BlockSink, ReplySink
-from feishu_bot.feishu.reply_switch import ReplySinkFactory, ReplySwitch
+from feishu_bot.feishu.reply_switch import ReplySwitch, ReplySwitchFactory
 from feishu_bot.simulator import FeishuSimulator
 from feishu_bot.simulator.cardkit import find_button
 from tests.feishu.test_cardkit_stream import cardkit_requests, until
@@ -48,7 +48,7 @@ def logs() -> Iterator[io.StringIO]:
 
 
 def make_switch(replier: Any, user_msg: str, kit: CardKitState, **kw: Any) -> ReplySwitch:
-    factory = ReplySinkFactory(
+    factory = ReplySwitchFactory(
         cardkit=kit,
         signer=ButtonSigner("sim_secret"),
         text_interval=0.02,
