@@ -663,7 +663,7 @@ _BOT_MODULES = [
     "feishu_bot.dispatch",
     "feishu_bot.feishu.access",
     "feishu_bot.feishu.gateway",
-    "feishu_bot.feishu.progress",
+    "feishu_bot.feishu.patch_stream",
     "feishu_bot.feishu.replier",
     "feishu_bot.handlers.chat",
     "feishu_bot.handlers.commands",

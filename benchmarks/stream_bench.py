@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/stream_bench.py [--deltas 4000 16000]
 
 N text deltas of 25 characters (16 000 deltas = 400 000 characters) go through
-`StreamParser.feed` and `ReplyStream.update` the way the chat handler drives them (a lazy text
+`StreamParser.feed` and `PatchStream.update` the way the chat handler drives them (a lazy text
 source per text event), against a replier that answers at once; the card flushes at most once
 per second of a clock that does not move, so this measures the per-delta work alone. CPU
 time (process_time), best of 3. Linear cost: 4x the deltas take about 4x the time (the parser
@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from feishu_bot.claude.protocol import StreamParser
-from feishu_bot.feishu.progress import ReplyStream
+from feishu_bot.feishu.patch_stream import PatchStream
 
 PIECE = "x" * 24 + "\n"
 
@@ -53,7 +53,7 @@ def delta_lines(count: int) -> list[bytes]:
 
 async def _one_run(lines: list[bytes]) -> float:
     parser = StreamParser()
-    stream = ReplyStream(_InstantReplier(), "om_user", in_thread=False, clock=lambda: 0.0)
+    stream = PatchStream(_InstantReplier(), "om_user", in_thread=False, clock=lambda: 0.0)
     started = time.process_time()
     for line in lines:
         for event in parser.feed(line):

@@ -50,22 +50,14 @@ from feishu_bot.approval_text import (
 from feishu_bot.events import AskPermission, PermissionDecision, PermissionRequest
 from feishu_bot.feishu.buttons import ButtonSigner, ButtonValue
 from feishu_bot.feishu.render import Block, Button, literal_mentions
+from feishu_bot.feishu.reply_sink import BlockSink
 from feishu_bot.keys import ConversationKey
 
-__all__ = ["ASK_USER_QUESTION", "ApprovalBroker", "BlockSink", "GrantStore", "summarize"]
+__all__ = ["ASK_USER_QUESTION", "ApprovalBroker", "GrantStore", "summarize"]
 
 ASK_USER_QUESTION = "AskUserQuestion"
 DENIED_MESSAGE = "The user denied this tool use from the chat."
-NOT_SHOWN_MESSAGE = "This tool needs a person's approval, which this chat cannot show."
 _BUTTON_CHARS = 60
-
-
-class BlockSink(Protocol):
-    """Where a turn's requests are shown (CardStream)."""
-
-    async def show_block(self, block: Block) -> None: ...
-
-    async def resolve_block(self, block_id: str, text: str) -> None: ...
 
 
 class GrantStore(Protocol):
@@ -128,12 +120,11 @@ class ApprovalBroker:
     def for_turn(
         self, conversation_key: str, turn_id: int, requester_open_id: str, stream: BlockSink
     ) -> AskPermission:
-        """The AskPermission of one turn, showing its requests on `stream`."""
-
-        can_show = hasattr(stream, "show_block") and hasattr(stream, "resolve_block")
+        """The AskPermission of one turn, showing its requests on `stream` (the turn's
+        ReplySink: every sink shows blocks, on its card or as cards of their own)."""
 
         async def ask(request: PermissionRequest) -> PermissionDecision:
-            if request.tool_name == ASK_USER_QUESTION and _questions(request.input) and can_show:
+            if request.tool_name == ASK_USER_QUESTION and _questions(request.input):
                 return await self._ask_question(
                     conversation_key, turn_id, requester_open_id, stream, request
                 )
@@ -141,8 +132,6 @@ class ApprovalBroker:
                 self._bypass or request.tool_name in self._allowed
             ):
                 return _allow(request)
-            if not can_show:  # a stream without blocks cannot ask anyone
-                return PermissionDecision(allow=False, message=NOT_SHOWN_MESSAGE)
             return await self._ask_approval(
                 conversation_key, turn_id, requester_open_id, stream, request
             )

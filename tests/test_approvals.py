@@ -397,13 +397,27 @@ async def test_mention_tags_from_claude_are_shown_literally(store):
     await task
 
 
-async def test_a_stream_without_blocks_gets_rules_only(store):
-    broker = make_broker(store, allowed_tools=["Read"])
-    ask_fn = broker.for_turn(KEY, 7, OWNER, object())
-    assert not (await ask_fn(BASH)).allow
-    assert (await ask_fn(PermissionRequest("r", "Read", {"file_path": "/x"}))).allow
-    question = PermissionRequest("q", "AskUserQuestion", QUESTION)
-    assert not (await ask_fn(question)).allow
+async def test_what_no_rule_allows_is_always_shown(store):
+    """Every reply sink shows blocks, so nothing is denied for want of a place to ask: a tool
+    outside the rules is shown, and so is an AskUserQuestion whose questions cannot be read
+    (as an approval, even in bypass mode), while a listed tool is allowed without a block."""
+    sink = Sink()
+    listed = make_broker(store, allowed_tools=["Read"])
+    read = PermissionRequest("r", "Read", {"file_path": "/x"})
+    assert (await listed.for_turn(KEY, 7, OWNER, sink)(read)).allow and sink.blocks == {}
+    task = await ask(listed, sink)
+    assert "touch x" in (await sink.shown()).text
+    listed.stop_conversation(KEY)
+    assert not (await task).allow
+
+    bypass = make_broker(store, permission_mode="bypassPermissions")
+    odd = PermissionRequest("q", "AskUserQuestion", {"questions": "not a list"})
+    task = await ask(bypass, sink, odd)
+    block = await sink.shown()
+    assert "AskUserQuestion" in block.text
+    assert [b.text for b in block.buttons][-1] == "Deny"
+    press(bypass, block, "Deny")
+    assert not (await task).allow
 
 
 def test_an_exact_command_suggestion_is_widened_to_the_first_words():

@@ -1,8 +1,10 @@
-"""What all CardKit streams share, and the "working" reaction a stream keeps on the message.
+"""What all CardKit streams share.
 
 `CardKitState` is one per app: whether CardKit may be used now (FEISHU_CARDKIT, and a refusal
 remembered with a single WARNING that names the missing scope, re-checked by one stream per
-period) and the app-wide CardKit limiter (50 operations/s, 1000/min).
+period) and the app-wide CardKit limiter (50 operations/s, 1000/min). `ReplySwitch` asks
+it which stream a new turn starts with; `CardKitStream` takes a slot for every operation and
+reports a refused create.
 """
 
 from __future__ import annotations
@@ -15,9 +17,8 @@ from collections.abc import Awaitable, Callable
 from loguru import logger
 
 from feishu_bot.errors import FeishuApiError
-from feishu_bot.feishu.reaction import Reaction
 
-__all__ = ["SCOPE", "CardKitState", "Reaction"]
+__all__ = ["SCOPE", "CardKitState"]
 
 SCOPE = "cardkit:card:write"
 

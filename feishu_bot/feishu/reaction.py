@@ -1,7 +1,9 @@
 """The "working" reaction on the user's message: added in the background, removed at the end.
 
-Shared by both reply streams (PATCH cards and CardKit cards). Adding or removing it never
-fails a turn; `notify("reaction", id)` tells the owner its id (and "" once it is gone).
+Shared by both reply streams (PATCH cards and CardKit cards); under `ReplySwitch` the switch
+holds the turn's one reaction, so a move from CardKit to PATCH neither adds nor removes it twice.
+Adding or removing it never fails a turn; `notify("reaction", id)` tells the owner its id (and
+"" once it is gone).
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ from typing import Any
 
 from loguru import logger
 
-__all__ = ["Reaction"]
+__all__ = ["DEFAULT_REACTION", "Reaction"]
+
+# A real Feishu reaction emoji_type ("on it"); see the Feishu "emojis introduce" list.
+DEFAULT_REACTION = "OnIt"
 
 
 class Reaction:

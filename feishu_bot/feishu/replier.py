@@ -292,7 +292,7 @@ class FeishuReplier:
 
     # -- CardKit card entities (scope cardkit:card:write; Card JSON 2.0 only) ----------------
     # Every operation on one card carries a `sequence` that must increase strictly; the
-    # caller (streaming.CardStream) owns it. `uuid` makes a retried operation idempotent.
+    # caller (cardkit_stream.CardKitStream) owns it. `uuid` makes a retried operation idempotent.
 
     async def create_card_entity(self, card: dict[str, Any]) -> str:
         """POST /cardkit/v1/cards; returns the card_id (send it with `reply_card_entity`)."""

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from feishu_bot.config import Settings
     from feishu_bot.context import BotContext
     from feishu_bot.feishu.access import AccessPolicy
-    from feishu_bot.feishu.streaming import CardStreamFactory
+    from feishu_bot.feishu.reply_switch import ReplySwitchFactory
 
 __all__ = ["CardServices", "RecentAnswers", "card_services", "handle_card_action", "toast"]
 
@@ -50,7 +50,7 @@ class CardServices:
     """What the composition root wires for cards: one of each per app."""
 
     signer: ButtonSigner
-    stream_factory: CardStreamFactory
+    stream_factory: ReplySwitchFactory
     broker: ApprovalBroker
     answers: RecentAnswers
 
@@ -59,7 +59,8 @@ def card_services(settings: Settings, store: Any) -> CardServices:
     """Build the card services from the settings (FEISHU_CARDKIT, FEISHU_APPROVERS,
     CLAUDE_ALLOWED_TOOLS, CLAUDE_PERMISSION_MODE, CLAUDE_APPROVAL_TIMEOUT)."""
     from feishu_bot.approvals import ApprovalBroker
-    from feishu_bot.feishu.streaming import CardKitState, CardStreamFactory
+    from feishu_bot.feishu.cardkit_state import CardKitState
+    from feishu_bot.feishu.reply_switch import ReplySwitchFactory
 
     signer = ButtonSigner(settings.FEISHU_APP_SECRET.get_secret_value())
     broker = ApprovalBroker(
@@ -70,7 +71,7 @@ def card_services(settings: Settings, store: Any) -> CardServices:
         permission_mode=settings.CLAUDE_PERMISSION_MODE,
         timeout=settings.CLAUDE_APPROVAL_TIMEOUT,
     )
-    factory = CardStreamFactory(cardkit=CardKitState(settings.FEISHU_CARDKIT), signer=signer)
+    factory = ReplySwitchFactory(cardkit=CardKitState(settings.FEISHU_CARDKIT), signer=signer)
     return CardServices(signer, factory, broker, RecentAnswers())
 
 

@@ -1,6 +1,6 @@
-"""The card pieces together, without the rest of the bot: a CardStream on the simulator, the
-approval broker, and clicks pushed through the real lark_oapi client (FeishuGateway) into
-handle_card_action, whose answer rides on the ack.
+"""The card pieces together, without the rest of the bot: a turn's ReplySink on the
+simulator, the approval broker, and clicks pushed through the real lark_oapi client
+(FeishuGateway) into handle_card_action, whose answer rides on the ack.
 
 What a turn's runner would do is done by the test: ask the broker, stream text, finish.
 """
@@ -22,9 +22,10 @@ from feishu_bot.events import PermissionRequest
 from feishu_bot.feishu.access import AccessPolicy
 from feishu_bot.feishu.buttons import ButtonSigner
 from feishu_bot.feishu.card_action import RecentAnswers
+from feishu_bot.feishu.cardkit_state import CardKitState
 from feishu_bot.feishu.gateway import FeishuGateway
 from feishu_bot.feishu.replier import FeishuReplier
-from feishu_bot.feishu.streaming import CardKitState, CardStreamFactory
+from feishu_bot.feishu.reply_switch import ReplySwitchFactory
 from feishu_bot.handlers.cards import handle_card_action
 from feishu_bot.simulator import FeishuSimulator
 from feishu_bot.simulator.cardkit import find_button
@@ -73,7 +74,7 @@ async def world(sim: FeishuSimulator, tmp_path: Path) -> AsyncIterator[SimpleNam
             log_level="WARNING",
         )
         await gateway.start(timeout=60)
-        factory = CardStreamFactory(
+        factory = ReplySwitchFactory(
             cardkit=CardKitState(), signer=signer, text_interval=0.05, op_interval=0.01
         )
         try:

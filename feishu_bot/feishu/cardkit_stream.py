@@ -1,15 +1,15 @@
 """The reply of one turn as a CardKit card that types, with buttons and approval blocks.
 
-`CardStream` has `ReplyStream`'s interface (`queued`, `started`, `update`, `finish`, `fail`,
-`aclose`, `card_id`, `closed`) plus blocks (`show_block` / `resolve_block`: approval requests,
-Claude's questions and the record of their answers) and buttons (Stop while the turn runs,
-New session on the final card; only with a `signer` and a `turn_id`).
+`CardKitStream` is a `reply_sink.ReplySink`: `queued`, `started`, `update`, `finish`, `fail`,
+blocks (`show_block` / `resolve_block`: approval requests, Claude's questions and the record
+of their answers, shown on the card) and buttons (Stop while the turn runs, New session on the
+final card; only with a `signer` and a `turn_id`).
 
-CardKit path: on the first thing to show, a Card JSON 2.0 entity is created in streaming mode
-and replied by card_id; new text goes to its markdown element (full text, typewriter effect);
-anything else that changes (state, blocks) is a full update of the card. At the end streaming
-is switched off and the card is fully updated with the final answer and its note; parts that
-do not fit go out as further cards, in order. Invariants:
+On the first thing to show, a Card JSON 2.0 entity is created in streaming mode and replied by
+card_id; new text goes to its markdown element (full text, typewriter effect); anything else
+that changes (state, blocks) is a full update of the card. At the end streaming is switched
+off and the card is fully updated with the final answer and its note; parts that do not fit
+go out as further cards, in order. Invariants:
 
 - Every operation on the card carries a strictly increasing `sequence`, at most one is in
   flight, consecutive ones are at least `op_interval` apart (10/s per card), text updates
@@ -25,11 +25,12 @@ do not fit go out as further cards, in order. Invariants:
   `finish`/`fail` deliver once and raise only when nothing could be delivered (after a
   transient failure of the final update, which may have landed, rather than post twice).
 
-PATCH path: when CardKit is off, refused (any 4xx on create, e.g. the app lacks the scope
-cardkit:card:write), or its reply is refused, the stream hands the card over to an inner
-`ReplyStream` (today's PATCHed card, no buttons) and shows blocks as separate small cards.
-`CardKitState`, shared by all streams, remembers a refusal (one WARNING naming the scope) and
-lets one stream try again every `recheck_after` seconds.
+When CardKit is refused (any 4xx on create, e.g. the app lacks the scope cardkit:card:write,
+remembered app-wide by `CardKitState.refuse`; or the reply that sends the created card) the
+stream awaits its owner's `on_refused` and stops: nothing more is sent for this card. A
+`finish`/`fail` after that sends nothing and raises `CardKitRefused`, so the owner delivers
+the answer another way. It does not fall back by itself: `reply_switch.ReplySwitch` moves the
+turn to a `PatchStream`.
 """
 
 from __future__ import annotations
@@ -45,21 +46,28 @@ from loguru import logger
 from feishu_bot.errors import FeishuApiError, FeishuTransientError
 from feishu_bot.feishu import render
 from feishu_bot.feishu.buttons import ButtonSigner
-from feishu_bot.feishu.cardkit_state import CardKitState, Reaction
-from feishu_bot.feishu.progress import DEFAULT_REACTION, ReplyStream
+from feishu_bot.feishu.cardkit_state import CardKitState
+from feishu_bot.feishu.reaction import DEFAULT_REACTION, Reaction
 from feishu_bot.feishu.render import ANSWER_ELEMENT, Block, Button, CardState
+from feishu_bot.feishu.reply_sink import Text, UiCallback, failure_text
 
-__all__ = ["CardKitState", "CardStream", "CardStreamFactory"]
+__all__ = ["CardKitRefused", "CardKitStream"]
 
 STREAMING_CLOSED = frozenset({200850, 300309})
 IN_INTERACTION = 200810
 _LIVE_RECORDS = 5  # resolved blocks kept on a running card (the final card keeps them all)
 
-Text = str | Callable[[], str]
+
+class CardKitRefused(FeishuApiError):
+    """CardKit refused this turn's card, so `finish`/`fail` delivered nothing."""
+
+    def __init__(self, cause: FeishuApiError) -> None:
+        super().__init__(f"CardKit refused: {cause}", status=cause.status, code=cause.code)
+        self.cause = cause
 
 
-class CardStream:
-    """One turn's card; see the module docstring for the guarantees."""
+class CardKitStream:
+    """One turn's CardKit card; see the module docstring for the guarantees."""
 
     def __init__(
         self,
@@ -73,6 +81,7 @@ class CardStream:
         turn_id: int | None = None,
         title: str | None = None,
         reaction: str | None = DEFAULT_REACTION,
+        on_refused: Callable[[], Awaitable[None]] | None = None,
         text_interval: float = 0.5,
         full_interval: float = 1.0,
         op_interval: float = 0.1,
@@ -90,8 +99,10 @@ class CardStream:
         self._soon: asyncio.Task[None] | None = None
         self._clock, self._sleep = clock, sleep
         self._uuid = uuid_mod.uuid4().hex
-        self._on_ui: Callable[[str, str], None] | None = None
+        self._on_ui: UiCallback | None = None
         self._reaction = Reaction(replier, reply_to, reaction, self._notify)
+        self._on_refused = on_refused
+        self._refused: FeishuApiError | None = None  # CardKit said no: nothing more is sent
 
         self._state: CardState = "working"
         self._text: Text = ""
@@ -100,13 +111,6 @@ class CardStream:
         self._pending: set[str] = set()  # blocks still waiting for an answer
         self._want_card = False
         self._closed = False
-
-        self._fallback: ReplyStream | None = None
-        self._block_messages: dict[str, str] = {}
-        self._block_tasks: list[asyncio.Task[None]] = []
-        self._block_lock = asyncio.Lock()  # block cards are sent and PATCHed in order
-        if not cardkit.should_try():
-            self._use_patch()
 
         self._entity: str | None = None  # CardKit card_id
         self._message_id: str | None = None
@@ -122,13 +126,11 @@ class CardStream:
         self._flusher: asyncio.Task[None] | None = None
         self.operations = 0  # CardKit operations sent (tests, metrics)
 
-    # -- ReplyStream's interface -------------------------------------------------------------
+    # -- the ReplySink ------------------------------------------------------------------------
 
     @property
     def card_id(self) -> str | None:
         """The message id of the live card, once it exists."""
-        if self._fallback is not None and self._message_id is None:
-            return self._fallback.card_id
         return self._message_id
 
     @property
@@ -136,20 +138,19 @@ class CardStream:
         return self._closed
 
     @property
-    def uses_cardkit(self) -> bool:
-        return self._fallback is None
+    def refused(self) -> bool:
+        """CardKit refused this card; the stream sends nothing more."""
+        return self._refused is not None
 
     @property
-    def on_ui(self) -> Callable[[str, str], None] | None:
+    def on_ui(self) -> UiCallback | None:
         """Told ("reaction", id or "") and ("card", id) as they change, to journal them. A
         CardKit card's id is "<message_id>#<card_id>" (what `adopt` needs to continue it)."""
         return self._on_ui
 
     @on_ui.setter
-    def on_ui(self, callback: Callable[[str, str], None] | None) -> None:
+    def on_ui(self, callback: UiCallback | None) -> None:
         self._on_ui = callback
-        if self._fallback is not None:
-            self._fallback.on_ui = callback
 
     def _notify(self, kind: str, value: str) -> None:
         if self._on_ui is not None:
@@ -159,22 +160,23 @@ class CardStream:
                 logger.exception("card stream UI callback failed")
 
     def adopt(self, card: str) -> None:
-        """Continue in the card an earlier run of the same turn left (after a restart)."""
+        """Continue in the CardKit card ("<message_id>#<card_id>") an earlier run of the same
+        turn left (after a restart); ignored once this stream has a card of its own.
+
+        Raises ValueError for a plain message id: a PATCH card cannot become a CardKit card
+        (`ReplySwitch.adopt` continues it on a PatchStream)."""
         message_id, _, entity = card.partition("#")
-        if self._fallback is None and entity and self._message_id is None:
+        if not entity:
+            raise ValueError(f"not a CardKit card: {card!r}")
+        if self._message_id is None:
             self._message_id, self._entity = message_id, entity
             # Its last sequence is unknown: start above anything a run can have used (seconds
             # since 2023 stay within int32 until 2091), and close streaming first.
             self._seq = max(self._seq, int(time.time()) - 1_672_531_200)
             self._streaming_since = self._clock() - self._stream_ttl
             self._want_card = True
-            return
-        if self._fallback is None:
-            self._use_patch()
-        assert self._fallback is not None
-        self._fallback.adopt(message_id)
 
-    async def __aenter__(self) -> CardStream:
+    async def __aenter__(self) -> CardKitStream:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -189,14 +191,9 @@ class CardStream:
         if self._flusher is not None:
             self._flusher.cancel()
             await asyncio.gather(self._flusher, return_exceptions=True)
-        if self._fallback is not None:
-            await self._fallback.aclose()
 
     async def queued(self, position: int) -> None:
         if self._closed:
-            return
-        if self._fallback is not None:
-            await self._fallback.queued(position)
             return
         self._state, self._position, self._want_card = "queued", position, True
         self._kick()
@@ -205,9 +202,6 @@ class CardStream:
         if self._closed:
             return
         self._reaction.add()
-        if self._fallback is not None:
-            await self._fallback.started()
-            return
         self._state, self._position = "working", None
         if self._want_card:
             self._kick()
@@ -218,7 +212,7 @@ class CardStream:
 
     async def _show_soon(self) -> None:
         await self._sleep(self._show_after)
-        if not self._closed and self._fallback is None and not self._want_card:
+        if not self._closed and self._refused is None and not self._want_card:
             self._want_card = True
             self._kick()
 
@@ -227,19 +221,19 @@ class CardStream:
         if self._closed:
             return
         self._text = text
-        if self._fallback is not None:
-            await self._fallback.update(text)
-            return
         self._state, self._position, self._want_card = "working", None, True
         self._kick()
 
     async def finish(self, text: str, *, note: str | None = None) -> None:
-        """Deliver the complete answer; raises FeishuApiError if it could not be delivered."""
+        """Deliver the complete answer; raises FeishuApiError if it could not be delivered
+        (`CardKitRefused` when CardKit refused the card: nothing was sent)."""
         buttons = self._buttons("new")
         await self._deliver(text, state="done", note=note, title=self._title, buttons=buttons)
 
     async def fail(self, message: str, *, partial_text: str | None = None) -> None:
-        text = f"{partial_text.rstrip()}\n\n---\n⚠️ {message}" if partial_text else message
+        """Turn the card red with one short message (after any partial answer); raises as
+        `finish` does."""
+        text = failure_text(message, partial_text)
         await self._deliver(text, state="error", note=None, title=None, buttons=())
 
     # -- blocks (approvals, questions) -------------------------------------------------------
@@ -248,63 +242,17 @@ class CardStream:
         """Show (or replace) a block that waits for an answer. Returns at once."""
         self._blocks[block.block_id] = block
         self._pending.add(block.block_id)
-        self._changed_block(block.block_id)
+        self._want_card = True
+        self._kick()
 
     async def resolve_block(self, block_id: str, text: str) -> None:
         """Replace a block by the record of its outcome (no buttons). Returns at once."""
         self._blocks[block_id] = Block(block_id, text)
         self._pending.discard(block_id)
-        self._changed_block(block_id)
-
-    show_approval = show_question = show_block
-    resolve_approval = resolve_question = resolve_block
-
-    def _changed_block(self, block_id: str) -> None:
-        if self._fallback is not None:
-            task = asyncio.create_task(self._send_block(block_id), name=f"block:{block_id}")
-            self._block_tasks.append(task)
-            return
         self._want_card = True
         self._kick()
 
-    async def _send_block(self, block_id: str) -> None:
-        """PATCH path: a block is a small 2.0 card of its own, replied and then PATCHed."""
-        async with self._block_lock:
-            await self._send_block_now(block_id)
-
-    async def _send_block_now(self, block_id: str) -> None:
-        block = self._blocks[block_id]
-        card = render.card2(
-            block.text,
-            state="working" if block.buttons else "done",
-            title="Claude asks",
-            buttons=block.buttons,
-        )
-        try:
-            message_id = self._block_messages.get(block_id)
-            if message_id is None:
-                self._block_messages[block_id] = await self._replier.reply_card(
-                    self._reply_to,
-                    card,
-                    in_thread=self._in_thread,
-                    uuid=f"{self._uuid}-{block_id}",
-                )
-            else:
-                await self._replier.patch(message_id, card)
-        except Exception as exc:
-            logger.warning("could not show the {} card: {}", block_id, exc)
-
-    # -- CardKit internals -------------------------------------------------------------------
-
-    def _use_patch(self) -> None:
-        self._fallback = ReplyStream(
-            self._replier,
-            self._reply_to,
-            in_thread=self._in_thread,
-            title=self._title,
-            reaction=None,
-        )
-        self._fallback.on_ui = self._on_ui
+    # -- internals -----------------------------------------------------------------------------
 
     def _buttons(self, action: str) -> tuple[Button, ...]:
         if self._signer is None or self._turn_id is None:
@@ -340,13 +288,13 @@ class CardStream:
             self._flusher = asyncio.create_task(self._flush_loop(), name=f"card:{self._reply_to}")
 
     async def _flush_loop(self) -> None:
-        while not self._closed and self._fallback is None and self._want_card:
+        while not self._closed and self._refused is None and self._want_card:
             now = self._clock()
             if now < self._next_op:
                 await self._sleep(self._next_op - now)
                 continue
             async with self._io:
-                if self._closed or self._fallback is not None:
+                if self._closed or self._refused is not None:
                     return
                 try:
                     if not await self._step():
@@ -369,7 +317,7 @@ class CardStream:
         struct, shown, card = self._view()
         if self._entity is None or self._message_id is None:
             await self._create(card, struct, shown)
-            return self._fallback is None
+            return self._refused is None
         if struct != self._shown_struct:
             if await self._op(self._replier.update_card_entity, self._entity, card):
                 self._shown_struct, self._shown_text = struct, shown
@@ -412,24 +360,21 @@ class CardStream:
                 self._kit.refuse(exc)
             else:
                 logger.warning("replying with the CardKit card was refused, using PATCH: {}", exc)
-            self._switch_to_patch()
+            await self._give_up(exc)
 
-    def _switch_to_patch(self) -> None:
-        """Hand the card to a ReplyStream, carrying over what it should show."""
-        self._use_patch()
-        assert self._fallback is not None
-        fallback, text, position = self._fallback, self._text, self._position
-        blocks = list(self._blocks)
+    async def _give_up(self, exc: FeishuApiError) -> None:
+        """Stop for good and tell the owner, which takes over what the card should show.
 
-        async def replay() -> None:
-            if position is not None:
-                await fallback.queued(position)
-            elif text:
-                await fallback.update(text)
-            for block_id in blocks:
-                await self._send_block(block_id)
-
-        self._block_tasks.append(asyncio.create_task(replay(), name=f"replay:{self._reply_to}"))
+        Awaited inside the flusher, before anything else runs on this card: the owner's
+        takeover sees the state as it was when CardKit refused, and nothing after it."""
+        self._refused = exc
+        if self._soon is not None:
+            self._soon.cancel()
+        if self._on_refused is not None:
+            try:
+                await self._on_refused()
+            except Exception:
+                logger.exception("taking over a refused CardKit card failed")
 
     async def _op(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> bool:
         """One CardKit operation with the next sequence; False (logged) if it failed."""
@@ -470,17 +415,19 @@ class CardStream:
         title: str | None,
         buttons: tuple[Button, ...],
     ) -> None:
-        if self._closed:
+        if self._closed and self._refused is None:
             logger.warning("card stream already closed; final {} ignored", state)
             return
         self._closed = True
         if self._soon is not None:
             self._soon.cancel()
         try:
-            if self._fallback is not None:
-                await self._fallback_deliver(text, state, note)
-                return
             async with self._io:
+                # The flusher is asleep or waiting for the lock, never mid-request here; CardKit
+                # may have refused the card while this waited (nothing was shown: the owner
+                # delivers the answer).
+                if self._refused is not None:
+                    raise CardKitRefused(self._refused)
                 if self._flusher is not None and not self._flusher.done():
                     self._flusher.cancel()
                 blocks = tuple(self._blocks.values())
@@ -493,18 +440,7 @@ class CardStream:
                         self._reply_to, card, in_thread=self._in_thread, uuid=f"{self._uuid}-{i}"
                     )
         finally:
-            if self._block_tasks:
-                await asyncio.gather(*self._block_tasks, return_exceptions=True)
             await self._reaction.remove()
-
-    async def _fallback_deliver(self, text: str, state: CardState, note: str | None) -> None:
-        assert self._fallback is not None
-        if self._block_tasks:
-            await asyncio.gather(*self._block_tasks, return_exceptions=True)
-        if state == "error":
-            await self._fallback.fail(text)
-        else:
-            await self._fallback.finish(text, note=note)
 
     async def _put_first(self, card: dict[str, Any]) -> None:
         if self._entity is not None and (self._message_id is not None or self._reply_uncertain):
@@ -529,39 +465,3 @@ class CardStream:
             self._reply_to, card, in_thread=self._in_thread, uuid=f"{self._uuid}-1"
         )
         self._notify("card", message_id)
-
-
-class CardStreamFactory:
-    """Makes the CardStream of each turn; one per app, sharing one CardKitState and signer.
-
-    Called like the ReplyStream class: ``factory(replier, message_id, in_thread=...)``, plus
-    ``conversation_key`` and ``turn_id`` for the Stop and New session buttons (without a
-    turn id the card has no buttons).
-    """
-
-    def __init__(
-        self, *, cardkit: CardKitState, signer: ButtonSigner | None = None, **options: Any
-    ) -> None:
-        self.cardkit = cardkit
-        self._signer = signer
-        self._options = options
-
-    def __call__(
-        self,
-        replier: Any,
-        reply_to: str,
-        *,
-        in_thread: bool,
-        conversation_key: str = "",
-        turn_id: int | None = None,
-    ) -> CardStream:
-        return CardStream(
-            replier,
-            reply_to,
-            in_thread=in_thread,
-            cardkit=self.cardkit,
-            signer=self._signer,
-            conversation_key=conversation_key,
-            turn_id=turn_id,
-            **self._options,
-        )

@@ -1,12 +1,15 @@
-"""The user-visible life of one turn: a reaction on the user's message and one live card.
+"""The reply of one turn as an interactive card PATCHed in place: a `ReplySink` without CardKit.
 
-`ReplyStream` owns, for one turn:
+`PatchStream` owns, for one turn:
 - an emoji reaction on the user's message while Claude works (`started` … `finish`/`fail`);
 - one interactive card, created lazily (on `queued` or the first `update`), then PATCHed;
+- blocks (approval requests, Claude's questions, the record of their answers) as small Card
+  JSON 2.0 cards of their own, replied and then PATCHed, one at a time in the order they
+  changed (`_block_lock`); the final answer waits for those in flight;
 - the final answer: the card is PATCHed with the first part and further parts are replied
   as extra cards, in order.
 
-Invariants:
+Invariants (beyond the `reply_sink.ReplySink` contract):
 - Intermediate states (`queued`, `started`, `update`) never wait for Feishu: they record the
   latest wanted view and a background flusher shows it, at most once per `min_interval`
   (coalescing: only the latest text is sent; a trailing flush sends the last state).
@@ -20,7 +23,8 @@ Invariants:
   it fails transiently the error is raised instead, since the PATCH may have landed and a
   duplicate answer is worse. The reaction is removed in every case.
 
-It does not run Claude, format errors into words, or decide what to say; it shows it.
+The answer card has no Stop or New session buttons (today's PATCH card, as before CardKit);
+only block cards carry buttons. It does not run Claude, word errors, or decide what to say.
 """
 
 from __future__ import annotations
@@ -36,13 +40,13 @@ from loguru import logger
 
 from feishu_bot.errors import FeishuApiError, FeishuTransientError
 from feishu_bot.feishu import render
-from feishu_bot.feishu.reaction import Reaction
-from feishu_bot.feishu.render import CardState
+from feishu_bot.feishu.reaction import DEFAULT_REACTION, Reaction
+from feishu_bot.feishu.render import Block, CardState
+from feishu_bot.feishu.reply_sink import Text, UiCallback, failure_text
 
-__all__ = ["DEFAULT_REACTION", "CardReplier", "ReplyStream"]
+__all__ = ["CardReplier", "PatchStream"]
 
-# A real Feishu reaction emoji_type ("on it"); see the Feishu "emojis introduce" list.
-DEFAULT_REACTION = "OnIt"
+BLOCK_TITLE = "Claude asks"
 
 
 class CardReplier(Protocol):
@@ -69,8 +73,8 @@ class CardReplier(Protocol):
 _View = tuple[CardState, str, str | None, int | None]
 
 
-class ReplyStream:
-    """One turn's card and reaction; see the module docstring for the guarantees."""
+class PatchStream:
+    """One turn's card, block cards and reaction; a `ReplySink` (see the module docstring)."""
 
     def __init__(
         self,
@@ -95,7 +99,7 @@ class ReplyStream:
         self._uuid = uuid_mod.uuid4().hex
 
         self._state: CardState = "working"
-        self._text: str | Callable[[], str] = ""  # the latest update, read when shown
+        self._text: Text = ""  # the latest update, read when shown
         self._queue_position: int | None = None
         self._started_at: float | None = None
         self._want_card = False
@@ -113,7 +117,12 @@ class ReplyStream:
         self.patches = 0  # progress+final PATCH count (for tests and metrics)
         # Told ("reaction"|"card", id) when either appears ("" when the reaction goes), so the
         # owner can journal them and a restart can clean up or reuse them.
-        self.on_ui: Callable[[str, str], None] | None = None
+        self.on_ui: UiCallback | None = None
+
+        self._blocks: dict[str, Block] = {}  # the latest version of each block
+        self._block_messages: dict[str, str] = {}  # block id -> its card's message id
+        self._block_tasks: list[asyncio.Task[None]] = []
+        self._block_lock = asyncio.Lock()  # block cards are sent and PATCHed in order
 
     def adopt(self, card_id: str) -> None:
         """Continue in a card an earlier run of the same turn left (after a restart)."""
@@ -142,7 +151,8 @@ class ReplyStream:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop background work without delivering anything (finish/fail not called)."""
+        """Stop background work without delivering anything (finish/fail not called); a block
+        card already on its way is still sent."""
         self._closed = True
         tasks = [t for t in (self._flusher, self._reaction.cancel()) if t is not None]
         for task in tasks:
@@ -188,7 +198,7 @@ class ReplyStream:
         if self._card_id is not None or self._want_card:
             self._kick()
 
-    async def update(self, text: str | Callable[[], str]) -> None:
+    async def update(self, text: Text) -> None:
         """The answer so far (the whole text, not a delta). Returns at once.
 
         `text` may be a function returning the text: it is called only when a card is about
@@ -220,8 +230,54 @@ class ReplyStream:
 
         Raises FeishuApiError if nothing could be delivered.
         """
-        text = f"{partial_text.rstrip()}\n\n---\n⚠️ {message}" if partial_text else message
+        text = failure_text(message, partial_text)
         await self._deliver(text, state="error", note=None, title=None)
+
+    # -- blocks: small cards of their own (never waits for Feishu) ---------------------------
+
+    async def show_block(self, block: Block) -> None:
+        """Show (or replace) a block that waits for an answer, as a card with its buttons."""
+        self._blocks[block.block_id] = block
+        self._send_block(block.block_id)
+
+    async def resolve_block(self, block_id: str, text: str) -> None:
+        """PATCH the block's card with the record of its outcome (no buttons)."""
+        self._blocks[block_id] = Block(block_id, text)
+        self._send_block(block_id)
+
+    def _send_block(self, block_id: str) -> None:
+        # No `closed` check: a request settled as the turn ends (stopped, timed out) still gets
+        # its record on its own card.
+        task = asyncio.create_task(self._block_card(block_id), name=f"block:{block_id}")
+        self._block_tasks.append(task)
+
+    async def _block_card(self, block_id: str) -> None:
+        """Reply the block's card the first time, PATCH it after; in order, one at a time."""
+        async with self._block_lock:
+            block = self._blocks[block_id]  # the latest version, read when it is its turn
+            card = render.card2(
+                block.text,
+                state="working" if block.buttons else "done",
+                title=BLOCK_TITLE,
+                buttons=block.buttons,
+            )
+            try:
+                message_id = self._block_messages.get(block_id)
+                if message_id is None:
+                    self._block_messages[block_id] = await self._replier.reply_card(
+                        self._reply_to,
+                        card,
+                        in_thread=self._in_thread,
+                        uuid=f"{self._uuid}-{block_id}",
+                    )
+                else:
+                    await self._replier.patch(message_id, card)
+            except Exception as exc:  # a block card must never kill the turn
+                logger.warning("could not show the {} card: {}", block_id, exc)
+
+    async def _blocks_sent(self) -> None:
+        if self._block_tasks:
+            await asyncio.gather(*self._block_tasks, return_exceptions=True)
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -298,6 +354,7 @@ class ReplyStream:
             return
         self._closed = True
         try:
+            await self._blocks_sent()  # a request's card comes before the answer that follows it
             async with self._io_lock:
                 # The flusher is asleep or waiting for the lock, never mid-request here.
                 if self._flusher is not None and not self._flusher.done():
@@ -309,6 +366,7 @@ class ReplyStream:
                         self._reply_to, card, in_thread=self._in_thread, uuid=f"{self._uuid}-{i}"
                     )
         finally:
+            await self._blocks_sent()  # and a record that arrived meanwhile is not cut off
             await self._reaction.remove()
 
     async def _put_first(self, card: dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""ReplyStream: throttled live card, reaction, exactly-once final delivery.
+"""PatchStream: throttled live card, reaction, block cards, exactly-once final delivery.
 
 The first half uses an in-memory replier with a manual clock (exact control over in-flight
 requests and time); the second half runs against the Feishu simulator over real HTTP.
@@ -19,9 +19,11 @@ from feishu_bot.claude.protocol import StreamParser
 from feishu_bot.errors import FeishuApiError, FeishuTransientError
 from feishu_bot.events import ClaudeEvent
 from feishu_bot.feishu.pacing import Pacer
-from feishu_bot.feishu.progress import DEFAULT_REACTION, ReplyStream
-from feishu_bot.feishu.render import CARD_MAX_BYTES, card_size
+from feishu_bot.feishu.patch_stream import BLOCK_TITLE, PatchStream
+from feishu_bot.feishu.reaction import DEFAULT_REACTION
+from feishu_bot.feishu.render import CARD_MAX_BYTES, Block, Button, card_size
 from feishu_bot.feishu.replier import FeishuReplier
+from feishu_bot.simulator.cardkit import find_button
 
 # -- test doubles ------------------------------------------------------------------------------
 
@@ -161,8 +163,8 @@ def fake() -> FakeReplier:
     return FakeReplier()
 
 
-def make_stream(fake: FakeReplier, t: ManualTime, **kw: Any) -> ReplyStream:
-    return ReplyStream(
+def make_stream(fake: FakeReplier, t: ManualTime, **kw: Any) -> PatchStream:
+    return PatchStream(
         fake, "om_user", in_thread=False, min_interval=1.0, clock=t.clock, sleep=t.sleep, **kw
     )
 
@@ -437,6 +439,55 @@ async def test_aclose_without_final_stops_background_work(
     assert stream.closed
 
 
+def block_text(card: dict[str, Any]) -> str:
+    """The markdown of a Card JSON 2.0 block card."""
+    return "".join(e.get("content", "") for e in card["body"]["elements"] if e["tag"] == "markdown")
+
+
+ALLOW = Button("Allow once", {"action": "allow"}, "primary")
+
+
+async def test_blocks_are_cards_of_their_own_sent_in_order_before_the_answer(
+    fake: FakeReplier, time_: ManualTime
+) -> None:
+    stream = make_stream(fake, time_)
+    fake.gate["reply"] = asyncio.Event()  # the first block card hangs in flight
+    await asyncio.wait_for(stream.show_block(Block("r1", "**Bash** wants `ls`", (ALLOW,))), 0.5)
+    await asyncio.wait_for(stream.resolve_block("r1", "❌ Denied"), 0.5)
+    await asyncio.wait_for(stream.show_block(Block("r2", "Which colour?", (ALLOW,))), 0.5)
+    await fake.wait_for(lambda: fake.ops("reply"))
+    await settle()
+    assert len(fake.ops("reply")) == 1 and fake.ops("patch") == []  # one at a time
+    fake.gate["reply"].set()
+    await stream.finish("no files listed")
+
+    asked, answer = fake.order[0], fake.order[-1]
+    assert [op for op, _ in fake.calls] == ["reply", "patch", "reply", "reply"]
+    first, record = fake.cards[asked]
+    assert first["header"]["title"]["content"] == BLOCK_TITLE
+    assert find_button(first, "Allow once") is not None
+    assert "❌ Denied" in block_text(record) and find_button(record, "Allow once") is None
+    assert find_button(latest(fake, fake.order[1]), "Allow once") is not None
+    assert body(latest(fake, answer)) == "no files listed"  # the answer comes last
+    uuids = [detail[3] for detail in fake.ops("reply")]
+    assert uuids[0].endswith("-r1") and uuids[1].endswith("-r2") and len(set(uuids)) == 3
+    assert fake.max_in_flight == 1
+
+
+async def test_a_block_settled_as_the_turn_ends_still_gets_its_record(
+    fake: FakeReplier, time_: ManualTime
+) -> None:
+    """Stop settles a waiting approval while the turn's failure is delivered: the approval's
+    card must not keep its buttons."""
+    stream = make_stream(fake, time_)
+    await stream.show_block(Block("r1", "**Bash** wants `ls`", (ALLOW,)))
+    await stream.fail("Stopped.")
+    await stream.resolve_block("r1", "⏹ Bash: stopped")
+    [(mid, record)] = await fake.wait_for(lambda: fake.ops("patch"))
+    assert mid == fake.order[0] and "stopped" in block_text(record)
+    assert find_button(record, "Allow once") is None
+
+
 def _text_delta_lines(count: int, piece: str) -> list[str]:
     """A stream-json run whose one text block arrives as `count` deltas of `piece`."""
     event = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta"}}
@@ -506,7 +557,7 @@ def card_requests(sim: Any, method: str) -> list[Any]:
 async def test_sim_rapid_streaming_then_complete_final(sim: Any) -> None:
     user = await sim.push_message(text="question")
     async with real_replier(sim) as replier:
-        stream = ReplyStream(replier, user, in_thread=False, min_interval=1.0)
+        stream = PatchStream(replier, user, in_thread=False, min_interval=1.0)
         await stream.started()
         text = ""
         for i in range(50):  # ~0.25 s of streaming: well within one interval
@@ -534,7 +585,7 @@ async def test_sim_long_answer_becomes_ordered_cards(sim: Any) -> None:
         for i in range(40)
     )
     async with real_replier(sim) as replier:
-        stream = ReplyStream(replier, user, in_thread=True, min_interval=0.05)
+        stream = PatchStream(replier, user, in_thread=True, min_interval=0.05)
         await stream.started()
         await stream.update(text[:500])
         await sim.wait_for(lambda: sim.replies_to(user))
@@ -553,7 +604,7 @@ async def test_sim_long_answer_becomes_ordered_cards(sim: Any) -> None:
 async def test_sim_reaction_added_then_removed(sim: Any) -> None:
     user = await sim.push_message(text="hi")
     async with real_replier(sim) as replier:
-        stream = ReplyStream(replier, user, in_thread=False)
+        stream = PatchStream(replier, user, in_thread=False)
         await stream.started()
         [reaction] = await sim.wait_for(lambda: sim.live_reactions(user))
         assert reaction.emoji_type == DEFAULT_REACTION
@@ -565,7 +616,7 @@ async def test_sim_reaction_added_then_removed(sim: Any) -> None:
 async def test_sim_fail_turns_card_red(sim: Any) -> None:
     user = await sim.push_message(text="hi")
     async with real_replier(sim) as replier:
-        stream = ReplyStream(replier, user, in_thread=False, min_interval=0.01)
+        stream = PatchStream(replier, user, in_thread=False, min_interval=0.01)
         await stream.started()
         await stream.update("partial answer")
         await sim.wait_for(lambda: sim.replies_to(user))
@@ -585,7 +636,7 @@ async def test_sim_rate_limited_chat_still_gets_every_card(sim: Any) -> None:
         async with real_replier(
             limited, backoff_initial=0.05, backoff_max=0.5, pacer=Pacer.off()
         ) as replier:
-            stream = ReplyStream(replier, user, in_thread=False)
+            stream = PatchStream(replier, user, in_thread=False)
             await stream.finish(text)
         cards = limited.replies_to(user)
         assert "".join(c.content["elements"][0]["content"] for c in cards) == text

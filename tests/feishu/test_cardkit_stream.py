@@ -1,6 +1,7 @@
-"""CardStream against the Feishu simulator over real HTTP: a streamed CardKit answer, the
-PATCH fallback when CardKit is refused or off, streaming closed early (by Feishu, or by the
-stream before Feishu would), long answers, buttons and blocks."""
+"""CardKitStream against the Feishu simulator over real HTTP: a streamed CardKit answer,
+streaming closed early (by Feishu, or by the stream before Feishu would), long answers,
+buttons and blocks, a restarted run continuing the card, and a refusal handed to the owner.
+(Moving to PATCH cards when CardKit is refused or off: test_reply_switch.py.)"""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from typing import Any
 import pytest
 from loguru import logger
 
+from feishu_bot.errors import FeishuApiError
 from feishu_bot.feishu.buttons import ButtonSigner
+from feishu_bot.feishu.cardkit_state import CardKitState
+from feishu_bot.feishu.cardkit_stream import CardKitRefused, CardKitStream
 from feishu_bot.feishu.render import ANSWER_ELEMENT, Block, Button
 from feishu_bot.feishu.replier import FeishuReplier
-from feishu_bot.feishu.streaming import CardKitState, CardStream
 from feishu_bot.simulator import FeishuSimulator
 from feishu_bot.simulator.cardkit import find_button
 
@@ -52,11 +55,11 @@ def make_stream(
     kit: CardKitState,
     signer: ButtonSigner | None = None,
     **kw: Any,
-) -> CardStream:
+) -> CardKitStream:
     kw.setdefault("text_interval", 0.02)
     kw.setdefault("full_interval", 0.05)
     kw.setdefault("op_interval", 0.005)
-    return CardStream(
+    return CardKitStream(
         replier,
         user_msg,
         in_thread=False,
@@ -171,62 +174,6 @@ async def test_ui_ids_are_told_and_a_restarted_run_continues_the_card(sim, repli
     assert all(code == 0 for _, _, code in entity.ops)
 
 
-async def test_adopting_a_patch_card_continues_on_the_patch_path(sim, replier):
-    user = await sim.push_message(text="q")
-    old = make_stream(replier, user, CardKitState("off"))
-    seen: list[tuple[str, str]] = []
-    old.on_ui = lambda kind, value: seen.append((kind, value))
-    await old.update("partial")
-    [reply] = await sim.wait_for(lambda: sim.replies_to(user))
-    await until(lambda: seen)
-    assert seen == [("card", reply.message_id)]
-    await old.aclose()
-    again = make_stream(replier, user, CardKitState())
-    again.adopt(reply.message_id)
-    await again.finish("the whole answer")
-    assert len(sim.replies_to(user)) == 1
-    assert sim.message_text(reply).startswith("the whole answer")
-
-
-async def test_cardkit_refused_falls_back_to_patch_and_rechecks_later(sim, replier, logs):
-    sim.cardkit.refuse()
-    now = [0.0]
-    kit = CardKitState(recheck_after=600, clock=lambda: now[0])
-    users = [await sim.push_message(text=f"q{i}") for i in range(3)]
-    for user in users[:2]:
-        stream = make_stream(replier, user, kit)
-        await stream.started()
-        await stream.update("partial")
-        await sim.wait_for(lambda user=user: sim.replies_to(user))
-        await stream.finish("whole answer", note="n")
-        [reply] = sim.replies_to(user)
-        assert reply.card_entity is None and reply.content.get("schema") != "2.0"
-        assert sim.message_text(reply).startswith("whole answer")
-        assert not stream.uses_cardkit
-    # One refused create: the second stream did not ask again, and one WARNING names the scope.
-    assert cardkit_requests(sim) == ["POST /open-apis/cardkit/v1/cards"]
-    warnings = [line for line in logs.getvalue().splitlines() if line.startswith("WARNING")]
-    assert len([w for w in warnings if "cardkit:card:write" in w]) == 1
-
-    sim.cardkit.allow()
-    now[0] += 601  # the re-check period has passed
-    stream = make_stream(replier, users[2], kit)
-    await stream.update("typing")
-    [reply] = await sim.wait_for(lambda: sim.replies_to(users[2]))
-    await stream.finish("done")
-    assert reply.card_entity is not None and stream.uses_cardkit and not kit.refused
-
-
-async def test_cardkit_off_uses_patch(sim, replier):
-    user = await sim.push_message(text="hi")
-    stream = make_stream(replier, user, CardKitState("off"))
-    await stream.update("a")
-    await sim.wait_for(lambda: sim.replies_to(user))
-    await stream.finish("ab")
-    assert sim.message_text(sim.replies_to(user)[0]).startswith("ab")
-    assert cardkit_requests(sim) == []
-
-
 async def test_streaming_closed_by_feishu_continues_with_full_updates(sim, replier, signer):
     sim_now = [0.0]
     sim.cardkit.clock = lambda: sim_now[0]
@@ -302,21 +249,6 @@ async def test_blocks_on_the_card_then_their_record(sim, replier, signer):
     assert "✅ Allowed once by someone" in sim.message_text(reply)
 
 
-async def test_blocks_are_cards_of_their_own_on_the_patch_path(sim, replier):
-    user = await sim.push_message(text="run ls")
-    stream = make_stream(replier, user, CardKitState("off"))
-    await stream.started()
-    allow = Button("Allow once", {"action": "allow"}, "primary")
-    await stream.show_block(Block("r1", "**Bash** wants to run `ls`", (allow,)))
-    [block_msg] = await sim.wait_for(lambda: sim.replies_to(user))
-    assert find_button(block_msg.content, "Allow once") is not None
-    await stream.resolve_block("r1", "❌ Denied")
-    await sim.wait_for(lambda: "❌ Denied" in sim.message_text(block_msg))
-    assert find_button(block_msg.content, "Allow once") is None
-    await stream.finish("no files listed")
-    assert len(sim.replies_to(user)) == 2
-
-
 async def test_fail_shows_red_card_with_partial_text(sim, replier):
     user = await sim.push_message(text="hi")
     stream = make_stream(replier, user, CardKitState())
@@ -330,3 +262,63 @@ async def test_fail_shows_red_card_with_partial_text(sim, replier):
     )
     await stream.finish("ignored")  # the first final wins
     assert "ignored" not in sim.message_text(reply)
+
+
+async def test_a_plain_message_id_is_not_adopted(sim, replier):
+    stream = make_stream(replier, await sim.push_message(text="q"), CardKitState())
+    with pytest.raises(ValueError, match="not a CardKit card"):
+        stream.adopt("om_patch_card")
+
+
+async def test_refused_create_tells_the_owner_and_sends_nothing_more(sim, replier, logs):
+    sim.cardkit.refuse()
+    kit = CardKitState()
+    user = await sim.push_message(text="hi")
+    told: list[str] = []
+
+    async def on_refused() -> None:
+        told.append(sim.message_text(sim.replies_to(user)[0]) if sim.replies_to(user) else "")
+
+    stream = make_stream(replier, user, kit, on_refused=on_refused)
+    await stream.started()
+    await stream.update("partial")
+    await until(lambda: told)
+    assert told == [""] and stream.refused and kit.refused  # told before anything was shown
+    await stream.update("more")
+    await stream.show_block(Block("r1", "**Bash** wants to run `ls`"))
+    with pytest.raises(CardKitRefused):
+        await stream.finish("whole answer")
+    with pytest.raises(CardKitRefused):  # every final after the refusal says so
+        await stream.fail("failed")
+    assert cardkit_requests(sim) == ["POST /open-apis/cardkit/v1/cards"]
+    assert sim.replies_to(user) == [] and told == [""]
+    assert not sim.live_reactions(user)  # its own reaction is removed all the same
+    assert "cardkit:card:write" in logs.getvalue()
+
+
+async def test_refused_reply_of_a_created_card_tells_the_owner(sim, replier):
+    """The entity was created but the reply that sends it is refused for good (the user's
+    message was recalled, say): the owner is told; CardKit itself is not marked refused."""
+
+    class RefusingReply:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(replier, name)
+
+        async def reply_card_entity(self, *args: Any, **kwargs: Any) -> str:
+            raise FeishuApiError("The message is recalled.", status=400, code=230011)
+
+    user = await sim.push_message(text="hi")
+    told: list[bool] = []
+
+    async def on_refused() -> None:
+        told.append(True)
+
+    kit = CardKitState()
+    stream = make_stream(RefusingReply(), user, kit, on_refused=on_refused)
+    await stream.update("partial")
+    await until(lambda: told)
+    assert stream.refused and not kit.refused
+    assert cardkit_requests(sim) == ["POST /open-apis/cardkit/v1/cards"]
+    with pytest.raises(CardKitRefused) as refused:
+        await stream.finish("whole answer")
+    assert refused.value.code == 230011 and sim.replies_to(user) == []
