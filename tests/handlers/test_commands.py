@@ -250,3 +250,46 @@ async def test_stats_counts_turns_success_latency_and_cost(ctx: BotContext) -> N
     assert "This conversation, total: 3 turns, 67% ok, median 1.0s, $0.0300" in text
     assert "Whole bot, total: 4 turns, 75% ok" in text
     assert "This conversation, today: 3 turns" in text
+
+
+async def test_permissions_lists_removes_and_tells_of_dropped_grants_once(
+    ctx: BotContext,
+) -> None:
+    """Safe controls #4: grants are listed with who and when, removed one by one (the warm
+    process is closed so the CLI forgets the session rule), and the upgrade notice is shown
+    once."""
+    key = MSG.conversation_key
+    assert "Nothing is always allowed" in await run_command(ctx, MSG, "permissions", "")
+    await ctx.store.add_grant(key, "tool", "Bash(npm test:*)", "ou_boss")
+    await ctx.store.add_grant(key, "host", "example.com", "ou_boss")
+    text = await run_command(ctx, MSG, "permissions", "")
+    assert "1. Bash(npm test:*) · by ou_boss" in text
+    assert "2. network: example.com · by ou_boss" in text
+    closed: list[str] = []
+
+    async def close_session(k: str) -> bool:
+        closed.append(k)
+        return True
+
+    ctx.launcher.close_session = close_session  # type: ignore[method-assign]
+    assert "Removed: Bash(npm test:*)" in await run_command(ctx, MSG, "permissions", "rm 1")
+    assert closed == [key]
+    assert [g.rule for g in await ctx.store.list_grants(key)] == ["example.com"]
+    assert "no grant 5" in await run_command(ctx, MSG, "permissions", "rm 5")
+    assert "Usage" in await run_command(ctx, MSG, "permissions", "rm x")
+
+
+async def test_permissions_notice_of_grants_dropped_by_the_upgrade(
+    ctx: BotContext, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(ctx.store.path)
+    db.execute(
+        "INSERT INTO grant_notices VALUES (?, 'Bash')", (MSG.conversation_key,)
+    )
+    db.commit()
+    db.close()
+    first = await run_command(ctx, MSG, "permissions", "")
+    assert "earlier “Always allow” grants (Bash)" in first
+    assert "earlier" not in await run_command(ctx, MSG, "permissions", "")
