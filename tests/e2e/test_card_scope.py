@@ -13,7 +13,7 @@ import pytest
 from feishu_bot.simulator import FeishuSimulator
 from feishu_bot.wording import CLICK_OLD_CARD as OLD_CARD
 from tests.e2e.conftest import final_text
-from tests.e2e.test_cards import card_with
+from tests.e2e.test_cards_e2e import card_with
 from tests.fakes.fake_anthropic import Hang, Reply, ToolUse
 
 pytestmark = pytest.mark.timeout(180)

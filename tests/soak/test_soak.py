@@ -205,7 +205,7 @@ async def test_soak_200_messages_50_conversations_with_faults(
         CLAUDE_QUEUE_MAX=CONVERSATIONS * PER_CONVERSATION,
         CLAUDE_CONVERSATION_QUEUE_MAX=PER_CONVERSATION,
         # The PATCH cards, whose every version the simulator keeps (the CardKit path has its
-        # own end-to-end tests, tests/e2e/test_cards.py).
+        # own end-to-end tests, tests/e2e/test_cards_e2e.py).
         FEISHU_CARDKIT="off",
         CLAUDE_TIMEOUT=TIMEOUT_S,
         CLAUDE_MAX_RETRIES=MAX_RETRIES,
