@@ -94,6 +94,8 @@ class Launcher:
             user_queue_max=config.user_queue_max,
         )
         self._live: dict[str, CliSession] = {}  # conversation key -> its process
+        # Every process started and not reaped yet, whatever its role now: aclose ends them all.
+        self._spawned: set[CliSession] = set()
         self._retire: set[str] = set()  # close after the running turn (/new during a turn)
         # conversation -> (its stored session id, where to resume instead) after a given-up turn
         self._cut: dict[str, tuple[str | None, ResumePoint]] = {}
@@ -265,6 +267,9 @@ class Launcher:
             await asyncio.gather(*self._closers, return_exceptions=True)
         await self._sched.aclose()
         for session in list(self._live.values()):
+            await session.close()
+        for session in list(self._spawned):  # one no bookkeeping path still names
+            logger.warning("closing claude pid={} of {} at shutdown", session.pid, session.key)
             await session.close()
 
     # ------------------------------------------------------------------ one turn
@@ -443,9 +448,11 @@ class Launcher:
             f" at {resume.at_uuid}" if resume.at_uuid else "",
         )
         self._live[req.conversation_key] = session
+        self._spawned.add(session)
         return session
 
     def _on_exit(self, session: CliSession) -> None:
+        self._spawned.discard(session)
         key = session.key
         if self._live.get(key) is not session:
             return
