@@ -249,9 +249,16 @@ class SandboxPolicy:
             workspace=workspace,
         )
 
-    def settings(self) -> dict[str, Any]:
-        """The ``--settings`` object (the CLI merges it over the user's settings)."""
+    def settings(self, scratch: Path | None = None) -> dict[str, Any]:
+        """The ``--settings`` object of the CLI whose temporary directory is ``scratch`` (the
+        CLI merges it over the user's settings)."""
         denied = [*DENIED_HOSTS, *DENIED_RANGES]
+        filesystem: dict[str, list[str]] = {"denyRead": list(self.deny_read)}
+        if scratch is not None:
+            # The scratch root is denied, so the CLI's own directory in it must be allowed
+            # again: measured, the proxy's socket there is unreachable otherwise and every
+            # network request of a command gets an empty reply.
+            filesystem["allowRead"] = [str(scratch)]
         return {
             "sandbox": {
                 "enabled": True,
@@ -259,7 +266,7 @@ class SandboxPolicy:
                 "allowUnsandboxedCommands": False,
                 # Refuse rather than run a command unsandboxed if bubblewrap breaks later.
                 "failIfUnavailable": True,
-                "filesystem": {"denyRead": list(self.deny_read)},
+                "filesystem": filesystem,
                 "credentials": {
                     "envVars": [{"name": name, "mode": "deny"} for name in self.deny_env]
                 },
@@ -278,12 +285,12 @@ class SandboxPolicy:
             "disableAllHooks": True,
         }
 
-    def cli_args(self, memory: str = "") -> list[str]:
+    def cli_args(self, memory: str = "", scratch: Path | None = None) -> list[str]:
         """Arguments added to ``claude`` (nothing when the sandbox is off)."""
         if not self.enabled:
             return []
         args = [
-            "--settings", json.dumps(self.settings(), separators=(",", ":")),
+            "--settings", json.dumps(self.settings(scratch), separators=(",", ":")),
             "--setting-sources", "user",
             "--strict-mcp-config",
         ]
