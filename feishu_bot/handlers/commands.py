@@ -96,12 +96,25 @@ async def cmd_status(ctx: BotContext, msg: InboundMessage, args: str) -> str:
         f"• claude process: {warm}",
         f"• always allowed here: {allowed or 'nothing (commands are asked for)'}"
         " (/permissions)",
+        _sandbox_line(ctx),
         f"• turns: {turns}, cost ${cost:.4f}",
         f"Bot: {stats.active}/{stats.max_concurrent} running, {stats.warm_idle} warm idle, "
         f"{stats.queued} queued, "
         f"uptime {wording.duration(ctx.uptime_s)}, websocket {ws}",
     ]
     return "\n".join(lines)
+
+
+def _sandbox_line(ctx: BotContext) -> str:
+    policy = ctx.launcher.config.sandbox
+    if policy is None or not policy.enabled:
+        why = policy.status.text if policy is not None else "off"
+        return f"• sandbox: {why}: Claude's commands are not confined to this directory"
+    hosts = ", ".join(policy.allowed_domains) or "none"
+    return (
+        "• sandbox: on: commands write only here and cannot read other conversations or the "
+        f"bot's files; network without asking: {hosts} (other hosts are asked for)"
+    )
 
 
 async def cmd_cd(ctx: BotContext, msg: InboundMessage, args: str) -> str:

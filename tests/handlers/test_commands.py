@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 
 from database.store import SessionStore
+from feishu_bot.claude.launcher_config import LauncherConfig
+from feishu_bot.claude.sandbox import SandboxPolicy, SandboxStatus
 from feishu_bot.config import Settings
 from feishu_bot.context import BotContext, GatewayStatus
 from feishu_bot.events import InboundMessage
@@ -23,6 +25,8 @@ class _Stats:
 
 
 class _LauncherNumbers:
+    config = LauncherConfig(bin="claude")
+
     def stats(self) -> _Stats:
         return _Stats()
 
@@ -147,6 +151,18 @@ async def test_status_shows_conversation_and_bot(ctx: BotContext) -> None:
     assert "always allowed here: Bash(npm test:*)" in text
     await run_command(ctx, MSG, "new", "")
     assert "always allowed here: nothing" in await run_command(ctx, MSG, "status", "")
+
+
+async def test_status_says_whether_commands_are_sandboxed(ctx: BotContext) -> None:
+    off = SandboxPolicy(SandboxStatus(False, "bubblewrap missing"))
+    ctx.launcher.config = LauncherConfig(bin="claude", sandbox=off)  # type: ignore[misc]
+    text = await run_command(ctx, MSG, "status", "")
+    assert "sandbox: off (bubblewrap missing): Claude's commands are not confined" in text
+    on = SandboxPolicy(SandboxStatus(True), allowed_domains=("pypi.org", "github.com"))
+    ctx.launcher.config = LauncherConfig(bin="claude", sandbox=on)  # type: ignore[misc]
+    text = await run_command(ctx, MSG, "status", "")
+    assert "sandbox: on: commands write only here" in text
+    assert "network without asking: pypi.org, github.com (other hosts are asked for)" in text
 
 
 async def test_stop_with_nothing_running(ctx: BotContext) -> None:
