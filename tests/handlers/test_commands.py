@@ -121,6 +121,26 @@ async def test_cd_accepts_only_existing_dirs_under_the_workspace(ctx: BotContext
     assert Path(conv.workdir) == root / "proj"
 
 
+async def test_cd_stays_out_of_other_conversations_with_the_sandbox(ctx: BotContext) -> None:
+    """The sandbox hides every directory but the working one: /cd must not hand a chat another
+    conversation's directory, or the workspace root that holds them all."""
+    root = ctx.workdir_root.resolve()
+    mine = root / "p2p-oc_1"
+    theirs = root / "group-oc_2"
+    for d in (mine / "src", theirs, root / "shared-project"):
+        d.mkdir(parents=True)
+    on = SandboxPolicy(SandboxStatus(True))
+    ctx.launcher.config = LauncherConfig(bin="claude", sandbox=on)  # type: ignore[misc]
+    assert "another conversation's directory" in await run_command(ctx, MSG, "cd", str(theirs))
+    assert "the workspace itself" in await run_command(ctx, MSG, "cd", str(root))
+    for allowed in (mine / "src", root / "shared-project"):
+        assert "Working directory is now" in await run_command(ctx, MSG, "cd", str(allowed))
+    conv = await ctx.store.get_conversation(MSG.conversation_key)
+    assert Path(conv.workdir) == root / "shared-project"
+    ctx.launcher.config = LauncherConfig(bin="claude")  # type: ignore[misc]
+    assert "Working directory is now" in await run_command(ctx, MSG, "cd", str(theirs))
+
+
 async def test_cd_refuses_symlink_escaping_the_workspace(ctx: BotContext, tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
