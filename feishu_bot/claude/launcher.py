@@ -430,7 +430,13 @@ class Launcher:
         memory, scratch = "", None
         sandbox = self._cfg.sandbox
         if sandbox is not None and sandbox.enabled:
-            scratch = await asyncio.to_thread(sandbox.make_scratch, tag)
+            try:
+                scratch = await asyncio.to_thread(sandbox.make_scratch, tag)
+            except OSError as exc:
+                logger.error("cannot create the CLI's temporary directory: {}", exc)
+                raise PermanentCliError(
+                    f"sandbox: cannot create a temporary directory: {exc}"
+                ) from exc
             env.update(sandbox.child_env(workdir, scratch, env))
             memory = await asyncio.to_thread(read_memory, workdir, sandbox.workspace)
         session = CliSession(

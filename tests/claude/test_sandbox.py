@@ -205,3 +205,21 @@ def test_bot_directories_are_the_checkout_and_the_working_directory(tmp_path: Pa
     dirs = bot_directories(tmp_path)
     assert dirs[0] == tmp_path.resolve()
     assert (dirs[1] / "pyproject.toml").is_file() and (dirs[1] / "feishu_bot").is_dir()
+
+
+async def test_a_scratch_root_that_is_not_ours_fails_the_turn_plainly(
+    make_launcher: object, tmp_path: Path
+) -> None:
+    from feishu_bot.errors import PermanentCliError
+    from tests.claude.support import request
+
+    root = tmp_path / "root"
+    root.mkdir()
+    os.chown(root, 65534, 65534)
+    policy = SandboxPolicy(SandboxStatus(True), scratch=root)
+    launcher = make_launcher(sandbox=policy)  # type: ignore[operator]
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    with pytest.raises(PermanentCliError, match="cannot create a temporary directory"):
+        await launcher.run(request(workdir, "hello"))
+    assert launcher.stats().active == 0 and launcher.stats().cold_starts == 0
