@@ -183,10 +183,10 @@ def bot_directories(cwd: Path | None = None) -> list[Path]:
 def scratch_root() -> Path:
     """Where each CLI process gets a temporary directory of its own (``TMPDIR``).
 
-    Short on purpose: the CLI binds unix sockets under its TMPDIR, and a path over ~107 bytes
-    makes every sandboxed command fail ("Failed to create bridge sockets", measured with a
-    77-byte TMPDIR). One root per user, denied to every sandbox as a whole, so a process sees
-    its own directory only.
+    Short on purpose: the CLI binds unix sockets under its TMPDIR, and a socket path over 107
+    bytes makes every sandboxed command fail ("Failed to create bridge sockets", measured with
+    a 79-byte TMPDIR: 113-byte socket paths). One root per user, denied to every sandbox as a
+    whole, so a process sees its own directory only.
     """
     return Path("/tmp") / f"feishu-bot-claude-{os.getuid()}"
 
