@@ -48,6 +48,7 @@ __all__ = [
     "child_env",
     "kill_tree",
     "leftovers",
+    "live_tags",
     "new_tag",
     "reap_after_exit",
     "reap_leftovers",
@@ -238,6 +239,21 @@ async def reap_leftovers(proc: asyncio.subprocess.Process, *, grace: float) -> i
 def new_tag() -> str:
     """A tag for one CLI process: unique, and short (it names the CLI's temporary directory)."""
     return uuid.uuid4().hex[:16]
+
+
+def live_tags() -> set[str]:
+    """The tags of every live process that carries one (a /proc scan; blocking)."""
+    prefix = f"{TAG_VAR}=".encode()
+    found: set[str] = set()
+    for pid in psutil.pids():
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                entries = fh.read().split(b"\0")
+        except OSError:
+            continue
+        found.update(e[len(prefix):].decode(errors="replace") for e in entries
+                     if e.startswith(prefix))
+    return found
 
 
 def tagged(tag: str) -> dict[int, psutil.Process]:

@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ __all__ = [
     "probe_bwrap",
     "scratch_root",
     "startup_policy",
+    "sweep_scratch",
     "unavailable_problem",
 ]
 
@@ -368,6 +370,31 @@ class SandboxUnavailable(Exception):
         self.line = line
 
 
+_STALE_SCRATCH_S = 60.0  # a directory younger than this may belong to a CLI starting now
+
+
+def sweep_scratch(root: Path, *, now: float | None = None) -> int:
+    """Remove temporary directories no live process uses any more (a bot killed by SIGKILL
+    leaves its CLIs' behind); the root is shared by every bot of this user, so a directory
+    whose tag a live process carries, or that is younger than a minute, stays. Blocking."""
+    from feishu_bot.claude.process import live_tags
+
+    if not root.is_dir() or root.is_symlink() or root.lstat().st_uid != os.getuid():
+        return 0
+    in_use = live_tags()
+    now = time.time() if now is None else now
+    removed = 0
+    for path in root.iterdir():
+        try:
+            stale = now - path.lstat().st_mtime > _STALE_SCRATCH_S
+        except OSError:
+            continue
+        if stale and path.name not in in_use and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+    return removed
+
+
 def startup_policy(settings: Settings, status: SandboxStatus | None = None) -> SandboxPolicy:
     """The policy the bot runs with: detects the sandbox unless ``status`` is given (blocking),
     logs one line (a WARNING when ``auto`` found none), raises SandboxUnavailable for ``on``."""
@@ -378,6 +405,9 @@ def startup_policy(settings: Settings, status: SandboxStatus | None = None) -> S
         raise SandboxUnavailable(problem)
     if status.enabled:
         logger.info("sandbox on: Claude's commands stay in their conversation's directory")
+        swept = sweep_scratch(scratch_root())
+        if swept:
+            logger.info("removed {} temporary directories of claude processes now gone", swept)
     elif mode == "auto":
         logger.warning("{}", off_warning(status))
     else:

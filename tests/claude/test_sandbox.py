@@ -223,3 +223,29 @@ async def test_a_scratch_root_that_is_not_ours_fails_the_turn_plainly(
     with pytest.raises(PermanentCliError, match="cannot create a temporary directory"):
         await launcher.run(request(workdir, "hello"))
     assert launcher.stats().active == 0 and launcher.stats().cold_starts == 0
+
+
+async def test_sweep_removes_only_directories_no_live_process_uses(tmp_path: Path) -> None:
+    """A bot killed by SIGKILL leaves its CLIs' temporary directories; the next start removes
+    them, but never one a live CLI (of this bot or another) still uses, or one just made."""
+    import asyncio
+    import time
+
+    from feishu_bot.claude.process import TAG_VAR
+    from feishu_bot.claude.sandbox import sweep_scratch
+
+    root = tmp_path / "root"
+    for name in ("gone", "in-use", "new"):
+        (root / name / "claude-0").mkdir(parents=True)
+    old = time.time() - 3600
+    for name in ("gone", "in-use"):
+        os.utime(root / name, (old, old))
+    user = await asyncio.create_subprocess_exec(
+        "sleep", "30", env={"PATH": os.environ["PATH"], TAG_VAR: "in-use"}
+    )
+    try:
+        assert await asyncio.to_thread(sweep_scratch, root) == 1
+    finally:
+        user.kill()
+        await user.wait()
+    assert sorted(p.name for p in root.iterdir()) == ["in-use", "new"]
