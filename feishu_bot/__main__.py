@@ -99,10 +99,12 @@ def _check(settings: Settings) -> int:
 
 def _run(settings: Settings) -> int:
     from feishu_bot.app import run_app
-    from feishu_bot.checks import check_environment
+    from feishu_bot.checks import check_environment, check_sandbox
     from feishu_bot.log import configure_logging
 
     problems = check_environment(settings)
+    sandbox, sandbox_problems = check_sandbox(settings)
+    problems += sandbox_problems
     if problems:
         for problem in problems:
             print(f"config error: {problem}", file=sys.stderr)
@@ -114,7 +116,7 @@ def _run(settings: Settings) -> int:
         secrets=[settings.FEISHU_APP_SECRET.get_secret_value()],
     )
     try:
-        return asyncio.run(run_app(settings))
+        return asyncio.run(run_app(settings, sandbox=sandbox))
     except KeyboardInterrupt:
         return EXIT_OK
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from feishu_bot import __version__
+from feishu_bot.claude.sandbox import SandboxStatus, SandboxUnavailable, startup_policy
 from feishu_bot.config import Settings
 from feishu_bot.errors import FeishuApiError, GatewayError
 from feishu_bot.startup import (
@@ -42,10 +43,12 @@ KILL_BUDGET_S = 15.0
 
 
 class Bot:
-    """One running bot. `run()` returns the process exit code."""
+    """One running bot. `run()` returns the process exit code. ``sandbox``: what the entry
+    point found out about Claude Code's sandbox (detected at start when None)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, sandbox: SandboxStatus | None = None) -> None:
         self.settings = settings
+        self._sandbox = sandbox
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         self.ready = asyncio.Event()
@@ -93,7 +96,7 @@ class Bot:
                 return EXIT_FAILURE
             logger.info("feishu-bot stopped")
             return EXIT_OK
-        except DatabaseUnusable as exc:
+        except (DatabaseUnusable, SandboxUnavailable) as exc:
             logger.error("{}", exc.line)
             return EXIT_CONFIG
         except FeishuApiError as exc:
@@ -180,9 +183,14 @@ class Bot:
             domain=s.FEISHU_DOMAIN,
         )
         stack.push_async_callback(replier.aclose)
+        sandbox = await asyncio.to_thread(startup_policy, s, self._sandbox)
         alerts = AlertService(
-            # The sandbox (issue 15) reports here whether it is available at start.
-            AlertEngine(Thresholds.from_settings(s), sandbox_available=None),
+            AlertEngine(
+                Thresholds.from_settings(s),
+                # An operator's CLAUDE_SANDBOX=off is a choice, not an outage to report.
+                sandbox_available=None if s.CLAUDE_SANDBOX == "off" else sandbox.enabled,
+                sandbox_detail=sandbox.status.text,
+            ),
             sample=self._alert_sample,
             send=admin_chat_sender(replier, s.FEISHU_ADMIN_CHAT),
             disk_paths={
@@ -217,6 +225,7 @@ class Bot:
                 s,
                 mcp_config=mcp_config_arg(),
                 allowed_tools=(*s.allowed_tools, SEND_FILE_TOOL),
+                sandbox=sandbox,
             ),
             store,
             default_mcp=FeishuMcp(_no_turn_send),
@@ -306,6 +315,10 @@ class Bot:
             s.CLAUDE_TIMEOUT,
         )
 
+    def _sandbox_text(self) -> str:
+        policy = self.launcher.config.sandbox if self.launcher else None
+        return policy.status.text if policy is not None else "unknown"
+
     async def _drain(self) -> None:
         """Graceful stop; see the module docstring for the order. Never raises on a stuck turn."""
         loop = asyncio.get_running_loop()
@@ -393,6 +406,7 @@ class Bot:
             "last_ok_turn_age_s": _age(last_ok),
             "alerts": self.alerts.active() if self.alerts else [],
             "stopping": self._stop.is_set(),
+            "sandbox": self._sandbox_text(),
         }
 
     def _gateway_status(self) -> GatewayStatus:
@@ -430,6 +444,7 @@ class Bot:
         active = self.alerts.active() if self.alerts else []
         return {
             **warm,
+            "sandbox": self._sandbox_text(),
             "ws": "up" if status.connected else "down",
             "reconnects": status.reconnects,
             "dup": counters.duplicates_dropped if counters else 0,
@@ -458,6 +473,6 @@ async def _cancel_and_wait(task: asyncio.Task[Any]) -> None:
     await asyncio.gather(task, return_exceptions=True)
 
 
-async def run_app(settings: Settings) -> int:
+async def run_app(settings: Settings, *, sandbox: SandboxStatus | None = None) -> int:
     """Run the bot until SIGTERM/SIGINT; returns the exit code."""
-    return await Bot(settings).run()
+    return await Bot(settings, sandbox=sandbox).run()

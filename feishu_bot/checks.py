@@ -14,11 +14,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from feishu_bot.claude.sandbox import SandboxStatus, detect, unavailable_problem
 from feishu_bot.config import Settings
 
 __all__ = [
     "check_claude_version",
     "check_environment",
+    "check_sandbox",
     "online_checks",
     "resolve_claude_bin",
     "run_checks",
@@ -56,6 +58,13 @@ def check_environment(settings: Settings) -> list[str]:
     return problems
 
 
+def check_sandbox(settings: Settings) -> tuple[SandboxStatus, list[str]]:
+    """Whether Claude Code's sandbox can run here (CLAUDE_SANDBOX); a problem only for ``on``."""
+    status = detect(settings.CLAUDE_SANDBOX)
+    problem = unavailable_problem(settings.CLAUDE_SANDBOX, status)
+    return status, [problem] if problem else []
+
+
 def check_claude_version(binary: str, timeout: float = 30.0) -> tuple[str | None, str]:
     """Run `CLAUDE_BIN --version`; return (version line, problem)."""
     try:
@@ -85,7 +94,9 @@ def run_checks(settings: Settings) -> list[str]:
             print(f"claude: {binary} ({version})")
         else:
             problems.append(problem)
-    return problems
+    status, sandbox_problems = check_sandbox(settings)
+    print(f"sandbox: {status.text}")
+    return problems + sandbox_problems
 
 
 # -- `feishu-bot check --online` ---------------------------------------------------------------

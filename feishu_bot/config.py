@@ -6,15 +6,23 @@ read from a global. Variable names and defaults are a public contract (see READM
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from feishu_bot.errors import ConfigError
 
-__all__ = ["PERMISSION_MODES", "Settings", "export_env_file", "load_settings"]
+__all__ = [
+    "DEFAULT_SANDBOX_DOMAINS",
+    "PERMISSION_MODES",
+    "SANDBOX_MODES",
+    "Settings",
+    "export_env_file",
+    "load_settings",
+]
 
 PERMISSION_MODES = (
     "default",
@@ -25,6 +33,23 @@ PERMISSION_MODES = (
     "dontAsk",
     "auto",
 )
+SANDBOX_MODES = ("auto", "on", "off")
+# What a developer's commands need without asking: PyPI, the npm registry, GitHub (clones,
+# archives, release downloads, raw files). Anything else is asked for.
+DEFAULT_SANDBOX_DOMAINS = (
+    "pypi.org",
+    "files.pythonhosted.org",
+    "registry.npmjs.org",
+    "github.com",
+    "codeload.github.com",
+    "objects.githubusercontent.com",
+    "raw.githubusercontent.com",
+)
+# A host pattern of sandbox.network.allowedDomains: a name, or "*." and a name, optional port.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_DOMAIN = re.compile(rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*(?::[0-9]{{1,5}})?")
+_FROM_FILE = "\x00from FEISHU_APP_SECRET_FILE\x00"
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -46,7 +71,9 @@ class Settings(BaseSettings):
     )
 
     FEISHU_APP_ID: str = Field(min_length=1)
+    # Required, directly or as FEISHU_APP_SECRET_FILE (read once at start; see _secret_file).
     FEISHU_APP_SECRET: SecretStr
+    FEISHU_APP_SECRET_FILE: Path | None = None
     FEISHU_DOMAIN: str = "https://open.feishu.cn"
     FEISHU_ALLOWED_USERS: Annotated[list[str], NoDecode] = []
     FEISHU_ALLOWED_CHATS: Annotated[list[str], NoDecode] = []
@@ -74,6 +101,10 @@ class Settings(BaseSettings):
     CLAUDE_USER_QUEUE_MAX: int = Field(5, ge=0)
     CLAUDE_APPROVAL_TIMEOUT: float = Field(600.0, gt=0)
     CLAUDE_SHARED_WORKDIR: bool = False
+    CLAUDE_SANDBOX: str = "auto"
+    CLAUDE_SANDBOX_DOMAINS: Annotated[list[str], NoDecode] = list(DEFAULT_SANDBOX_DOMAINS)
+    CLAUDE_SANDBOX_DENY_ENV: Annotated[list[str], NoDecode] = []
+    CLAUDE_SANDBOX_AUTO_ALLOW: bool = True
 
     DATABASE_PATH: Path = Path("./data/feishu_bot.db")
     SESSION_STALE_HOURS: float = Field(24.0, gt=0)
@@ -94,7 +125,12 @@ class Settings(BaseSettings):
     PLAYGROUND_PORT: int = Field(8780, ge=0, le=65535)
 
     @field_validator(
-        "FEISHU_ALLOWED_USERS", "FEISHU_ALLOWED_CHATS", "FEISHU_APPROVERS", mode="before"
+        "FEISHU_ALLOWED_USERS",
+        "FEISHU_ALLOWED_CHATS",
+        "FEISHU_APPROVERS",
+        "CLAUDE_SANDBOX_DOMAINS",
+        "CLAUDE_SANDBOX_DENY_ENV",
+        mode="before",
     )
     @classmethod
     def _csv(cls, value: Any) -> Any:
@@ -105,6 +141,64 @@ class Settings(BaseSettings):
     def _secret_not_empty(cls, value: SecretStr) -> SecretStr:
         if not value.get_secret_value():
             raise ValueError("must not be empty")
+        return value
+
+    @field_validator("FEISHU_APP_SECRET_FILE", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_from_file(cls, data: Any) -> Any:
+        # A placeholder stands in for a secret given as a file, so that "neither is set" is
+        # reported like any missing variable (next to the others) and "both" can be told apart.
+        if isinstance(data, dict) and data.get("FEISHU_APP_SECRET_FILE"):
+            data = dict(data)
+            data.setdefault("FEISHU_APP_SECRET", _FROM_FILE)
+        return data
+
+    @model_validator(mode="after")
+    def _secret_file(self) -> Settings:
+        # The file form keeps the secret out of every process environment (systemd
+        # LoadCredential=): it is read here, once, and lives only in this object.
+        path = self.FEISHU_APP_SECRET_FILE
+        if path is None:
+            return self
+        if self.FEISHU_APP_SECRET.get_secret_value() != _FROM_FILE:
+            raise ValueError("FEISHU_APP_SECRET and FEISHU_APP_SECRET_FILE are both set: keep one")
+        try:
+            secret = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ValueError(f"FEISHU_APP_SECRET_FILE: cannot read {path}: {reason}") from None
+        if not secret:
+            raise ValueError(f"FEISHU_APP_SECRET_FILE: {path} is empty")
+        object.__setattr__(self, "FEISHU_APP_SECRET", SecretStr(secret))
+        return self
+
+    @field_validator("CLAUDE_SANDBOX")
+    @classmethod
+    def _sandbox(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value not in SANDBOX_MODES:
+            raise ValueError(f"must be one of {', '.join(SANDBOX_MODES)}")
+        return value
+
+    @field_validator("CLAUDE_SANDBOX_DOMAINS")
+    @classmethod
+    def _domains(cls, value: list[str]) -> list[str]:
+        bad = [d for d in value if not _DOMAIN.fullmatch(d)]
+        if bad:
+            raise ValueError(f"not a host name or *.name pattern: {', '.join(bad)}")
+        return [d.lower() for d in value]
+
+    @field_validator("CLAUDE_SANDBOX_DENY_ENV")
+    @classmethod
+    def _env_names(cls, value: list[str]) -> list[str]:
+        bad = [n for n in value if not _ENV_NAME.fullmatch(n)]
+        if bad:
+            raise ValueError(f"not an environment variable name: {', '.join(bad)}")
         return value
 
     @field_validator("FEISHU_DOMAIN")
@@ -161,6 +255,8 @@ class Settings(BaseSettings):
                 text = "**** (set)" if raw else ""
             elif isinstance(value, list):
                 text = ",".join(value)
+            elif value is None:
+                text = ""
             else:
                 text = str(value)
             shown[name] = text
@@ -174,8 +270,10 @@ def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Set
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            name = ".".join(str(part) for part in err["loc"]) or "configuration"
-            if err["type"] == "missing":
+            name = ".".join(str(part) for part in err["loc"])
+            if not name:  # a model-level rule: its message names the variables itself
+                problems.append(str(err["msg"]).removeprefix("Value error, "))
+            elif err["type"] == "missing":
                 problems.append(f"{name}: required but not set")
             elif "SECRET" in name:
                 problems.append(f"{name}: {err['msg']}")  # never echo a secret value
@@ -185,13 +283,20 @@ def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Set
 
 
 def export_env_file(env_file: str | Path | None) -> None:
-    """Copy the `.env` entries into the process environment, without overriding it.
+    """Copy the `.env` entries into the process environment, without overriding it, except
+    the bot's own FEISHU_* settings (its app secret above all).
 
     The `claude` children inherit the bot's environment, so credentials such as
-    ANTHROPIC_API_KEY written only in `.env` must be exported for them to see them.
+    ANTHROPIC_API_KEY written only in `.env` must be exported for them to see them. The FEISHU_*
+    values are read from `.env` by `load_settings` itself: exported, every subprocess the bot or
+    a library starts would inherit them.
     """
     if not env_file or not Path(env_file).is_file():
         return
-    from dotenv import load_dotenv
+    import os
 
-    load_dotenv(env_file, override=False)
+    from dotenv import dotenv_values
+
+    for name, value in dotenv_values(env_file).items():
+        if value is not None and not name.startswith("FEISHU_") and name not in os.environ:
+            os.environ[name] = value

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from loguru import logger
 
 from feishu_bot.claude.mcp_feishu import FeishuMcp
+from feishu_bot.claude.sandbox import scratch_root
 from feishu_bot.errors import AttachmentError
 from feishu_bot.events import Attachment, ImageFile, InboundMessage
 from feishu_bot.feishu.media import MediaClient, check_image, sanitize_name
@@ -405,6 +406,8 @@ def _cli_image_copies(workdir: Path, session_id: str = "*") -> set[Path]:
     try:
         for slug in _slugs(workdir):
             found.update(root.glob(f"claude-*/{slug}/{session_id}/images/*"))
+            # A sandboxed CLI has a temporary directory of its own under the scratch root.
+            found.update(scratch_root().glob(f"*/claude-*/{slug}/{session_id}/images/*"))
     except OSError:
         logger.exception("could not list the CLI's image copies")
     return found

@@ -46,3 +46,20 @@ if [ ! -x node_modules/.bin/claude ] || [ ! -x node_modules/.bin/pm2 ] \
   cp package-lock.json "$STAMP"
 fi
 node_modules/.bin/claude --version >/dev/null
+
+# Claude Code's sandbox (CLAUDE_SANDBOX=auto, the default) needs bubblewrap and socat; without
+# them the bot runs Claude's commands unconfined and says so. Installed when we can (root with
+# apt-get), otherwise one line says how.
+if ! command -v bwrap >/dev/null 2>&1 || ! command -v socat >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "bootstrap: installing bubblewrap and socat for Claude Code's sandbox"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq bubblewrap socat >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq bubblewrap socat >/dev/null 2>&1; } \
+      || echo "bootstrap: could not install bubblewrap and socat; the sandbox will be off" >&2
+  else
+    echo "bootstrap: bubblewrap or socat is missing (needs root and apt-get to install):" \
+      "Claude's commands will run unconfined. Install them with: sudo apt-get install -y" \
+      "bubblewrap socat" >&2
+  fi
+fi

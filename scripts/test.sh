@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs everything (Python deps, the pinned Claude
-# CLI and pm2 from npm), lints, then runs pytest. Extra arguments go to pytest.
+# CLI and pm2 from npm, bubblewrap and socat for the sandbox tests), lints, then runs pytest.
+# Extra arguments go to pytest.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -36,6 +37,11 @@ if [ -z "${PROMTOOL:-}" ] && ! command -v promtool >/dev/null 2>&1; then
     rm -rf .tools/prometheus-deb
   fi
   [ -x .tools/bin/promtool ] && export PROMTOOL="$ROOT/.tools/bin/promtool"
+fi
+# The sandbox tests run the real CLI under bubblewrap: they fail (never skip) without it.
+if ! command -v bwrap >/dev/null 2>&1 || ! command -v socat >/dev/null 2>&1; then
+  echo "test.sh: bubblewrap or socat is missing (bootstrap.sh installs them as root):" \
+    "the sandbox tests will fail. Install them with: apt-get install -y bubblewrap socat" >&2
 fi
 export NO_PROXY="127.0.0.1,localhost${NO_PROXY:+,$NO_PROXY}"
 export no_proxy="$NO_PROXY"

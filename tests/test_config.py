@@ -35,6 +35,14 @@ def test_defaults_are_the_documented_contract(monkeypatch: pytest.MonkeyPatch) -
     assert (s.SHUTDOWN_GRACE, s.LOG_LEVEL, s.LOG_DIR, s.LOG_JSON) == (20.0, "INFO", "./logs", False)
     assert s.FEISHU_ADMIN_CHAT == ""  # alerts only logged
     assert (s.ALERT_WS_DOWN_S, s.ALERT_QUEUE_FULL_S, s.ALERT_DISK_MIN_MB) == (60.0, 300.0, 1024.0)
+    assert (s.CLAUDE_SANDBOX, s.CLAUDE_SANDBOX_AUTO_ALLOW, s.CLAUDE_SANDBOX_DENY_ENV) == (
+        "auto", True, []
+    )
+    assert s.CLAUDE_SANDBOX_DOMAINS == [
+        "pypi.org", "files.pythonhosted.org", "registry.npmjs.org", "github.com",
+        "codeload.github.com", "objects.githubusercontent.com", "raw.githubusercontent.com",
+    ]
+    assert s.FEISHU_APP_SECRET_FILE is None
 
 
 def test_missing_credentials_name_both_variables() -> None:
@@ -59,6 +67,10 @@ def test_missing_credentials_name_both_variables() -> None:
         ("ALERT_WS_DOWN_S", "0"),
         ("ALERT_QUEUE_FULL_S", "-1"),
         ("ALERT_DISK_MIN_MB", "lots"),
+        ("CLAUDE_SANDBOX", "maybe"),
+        ("CLAUDE_SANDBOX_DOMAINS", "pypi.org,https://evil.example/x"),
+        ("CLAUDE_SANDBOX_DENY_ENV", "GOOD_NAME,bad-name"),
+        ("CLAUDE_SANDBOX_AUTO_ALLOW", "perhaps"),
     ],
 )
 def test_bad_values_name_the_variable(
@@ -118,3 +130,79 @@ def test_the_admin_chat_is_a_chat_id_or_an_open_id(
         monkeypatch.setenv(key, val)
     monkeypatch.setenv("FEISHU_ADMIN_CHAT", value)
     assert load_settings(None).FEISHU_ADMIN_CHAT == value.strip()
+
+
+def test_sandbox_lists_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, val in BASE.items():
+        monkeypatch.setenv(key, val)
+    monkeypatch.setenv("CLAUDE_SANDBOX", " ON ")
+    monkeypatch.setenv("CLAUDE_SANDBOX_DOMAINS", "PyPI.org, *.example.com ,proxy.corp:8443,")
+    monkeypatch.setenv("CLAUDE_SANDBOX_DENY_ENV", "GITHUB_TOKEN, AWS_SECRET_ACCESS_KEY")
+    s = load_settings(None)
+    assert s.CLAUDE_SANDBOX == "on"
+    assert s.CLAUDE_SANDBOX_DOMAINS == ["pypi.org", "*.example.com", "proxy.corp:8443"]
+    assert s.CLAUDE_SANDBOX_DENY_ENV == ["GITHUB_TOKEN", "AWS_SECRET_ACCESS_KEY"]
+    monkeypatch.setenv("CLAUDE_SANDBOX_DOMAINS", "")
+    assert load_settings(None).CLAUDE_SANDBOX_DOMAINS == []
+
+
+def test_app_secret_from_a_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """systemd LoadCredential= / a file readable by the bot only: the secret is in no
+    environment, read once, trailing newline dropped, masked like the variable."""
+    secret_file = tmp_path / "app_secret"
+    secret_file.write_text("from-the-file-77\n")
+    monkeypatch.setenv("FEISHU_APP_ID", "cli_test")
+    monkeypatch.setenv("FEISHU_APP_SECRET_FILE", str(secret_file))
+    s = load_settings(None)
+    assert s.FEISHU_APP_SECRET.get_secret_value() == "from-the-file-77"
+    shown = s.masked()
+    assert "from-the-file-77" not in str(shown)
+    assert shown["FEISHU_APP_SECRET_FILE"] == str(secret_file)
+
+
+@pytest.mark.parametrize(
+    ("content", "also_variable", "expected"),
+    [
+        ("s3cret\n", True, "FEISHU_APP_SECRET and FEISHU_APP_SECRET_FILE are both set"),
+        ("  \n", False, "FEISHU_APP_SECRET_FILE: "),
+        (None, False, "FEISHU_APP_SECRET_FILE: cannot read"),
+    ],
+)
+def test_app_secret_file_problems_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, content: str | None, also_variable: bool,
+    expected: str,
+) -> None:
+    secret_file = tmp_path / "app_secret"
+    if content is not None:
+        secret_file.write_text(content)
+    monkeypatch.setenv("FEISHU_APP_ID", "cli_test")
+    monkeypatch.setenv("FEISHU_APP_SECRET_FILE", str(secret_file))
+    if also_variable:
+        monkeypatch.setenv("FEISHU_APP_SECRET", "s3cret")
+    with pytest.raises(ConfigError) as info:
+        load_settings(None)
+    assert len(info.value.problems) == 1
+    assert info.value.problems[0].startswith(expected)
+    assert "s3cret" not in info.value.problems[0]
+
+
+def test_env_file_export_leaves_the_bots_own_settings_out(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Exported, FEISHU_APP_SECRET would reach every subprocess the bot or a library starts
+    with the default environment; load_settings reads `.env` itself."""
+    import os
+
+    from feishu_bot.config import export_env_file
+
+    (tmp_path / ".env").write_text(
+        "FEISHU_APP_ID=cli_x\nFEISHU_APP_SECRET=never-exported-9\nTOOL_SETTING=exported\n"
+    )
+    monkeypatch.delenv("TOOL_SETTING", raising=False)
+    export_env_file(tmp_path / ".env")
+    assert os.environ["TOOL_SETTING"] == "exported"
+    monkeypatch.delenv("TOOL_SETTING")
+    assert "FEISHU_APP_SECRET" not in os.environ and "FEISHU_APP_ID" not in os.environ
+    assert load_settings(tmp_path / ".env").FEISHU_APP_SECRET.get_secret_value() == (
+        "never-exported-9"
+    )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -35,9 +36,11 @@ from feishu_bot.claude.launcher_config import (
     RunningTurn,
     SessionBinding,
 )
+from feishu_bot.claude.memory import read_memory
+from feishu_bot.claude.netguard import guard
 from feishu_bot.claude.outcome import api_failure, cli_argv, turn_error, turn_result
 from feishu_bot.claude.policy import Action, ResumePoint, backoff, decide
-from feishu_bot.claude.process import child_env
+from feishu_bot.claude.process import TAG_VAR, child_env, new_tag
 from feishu_bot.claude.protocol import Outcome, classify
 from feishu_bot.claude.scheduler import Scheduler, Ticket
 from feishu_bot.claude.session import CliSession, TurnAttempt, user_message
@@ -283,6 +286,8 @@ class Launcher:
     ) -> TurnResult:
         key = req.conversation_key
         self._cancel_timer(key)
+        if ask is not None and self._cfg.sandboxed:
+            ask = guard(ask)  # private hosts are refused before anyone is asked
         session = self._live.get(key) if ticket.reused else None
         spawned_from = ResumePoint(req.session_id)
         cut = self._cut.pop(key, None)
@@ -424,22 +429,43 @@ class Launcher:
         workdir = Path(req.workdir)
         if not workdir.is_dir():
             raise PermanentCliError(f"working directory {workdir} does not exist")
+        # The tag follows every process this CLI starts, so closing it can end them all.
+        tag = new_tag()
+        env = {**self._env(), TAG_VAR: tag}
+        memory, scratch = "", None
+        sandbox = self._cfg.sandbox
+        if sandbox is not None and sandbox.enabled:
+            try:
+                scratch = await asyncio.to_thread(sandbox.make_scratch, tag)
+            except OSError as exc:
+                logger.error("cannot create the CLI's temporary directory: {}", exc)
+                raise PermanentCliError(
+                    f"sandbox: cannot create a temporary directory: {exc}"
+                ) from exc
+            env.update(sandbox.child_env(workdir, scratch, env))
+            memory = await asyncio.to_thread(read_memory, workdir, sandbox.workspace)
         session = CliSession(
             req.conversation_key,
-            cli_argv(self._cfg, resume, req.model, req.allowed_rules),
+            cli_argv(
+                self._cfg, resume, req.model, req.allowed_rules, memory=memory, scratch=scratch
+            ),
             cwd=workdir,
-            env=self._env(),
+            env=env,
             kill_grace=self._cfg.kill_grace,
             interrupt_grace=self._cfg.interrupt_grace,
             max_line_bytes=self._cfg.max_line_bytes,
             stderr_tail_bytes=self._cfg.stderr_tail_bytes,
             on_exit=self._on_exit,
+            tag=tag,
+            scratch=scratch,
         )
         session.default_mcp = self.default_mcp
         session.origin = resume
         try:
             await session.start()
         except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
+            if scratch is not None:
+                await asyncio.to_thread(shutil.rmtree, scratch, True)
             raise CliNotFound(f"{self._cfg.bin}: {exc.strerror or exc}", attempts=attempt) from exc
         self._n["cold"] += 1
         logger.info(

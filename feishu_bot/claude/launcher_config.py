@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
+    from feishu_bot.claude.sandbox import SandboxPolicy
     from feishu_bot.config import Settings
 
 __all__ = ["LauncherConfig", "LauncherStats", "RunningTurn", "SessionBinding"]
@@ -47,6 +48,12 @@ class LauncherConfig:
     warm: bool = True
     idle_timeout: float = 1800.0
     mcp_config: str | None = None  # JSON for --mcp-config (in-process SDK servers)
+    # Claude Code's sandbox around every process (None or not enabled: commands unconfined).
+    sandbox: SandboxPolicy | None = None
+
+    @property
+    def sandboxed(self) -> bool:
+        return self.sandbox is not None and self.sandbox.enabled
 
     def __post_init__(self) -> None:
         if self.max_concurrent < 1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 from typing import Any
 
 from feishu_bot.claude.control import TurnAttempt
@@ -25,10 +26,18 @@ __all__ = [
 
 
 def cli_argv(
-    cfg: LauncherConfig, resume: ResumePoint, model: str | None, rules: tuple[str, ...] = ()
+    cfg: LauncherConfig,
+    resume: ResumePoint,
+    model: str | None,
+    rules: tuple[str, ...] = (),
+    *,
+    memory: str = "",
+    scratch: Path | None = None,
 ) -> list[str]:
     """``claude`` in stream-json mode, resuming ``resume`` (forked) when it names a session;
-    ``rules`` are the conversation's granted permission rules, matched by the CLI itself."""
+    ``rules`` are the conversation's granted permission rules, matched by the CLI itself;
+    sandboxed when ``cfg.sandbox`` is on (``memory``: the directory's CLAUDE.md text, which
+    the sandbox's settings sources no longer load; ``scratch``: the process's TMPDIR)."""
     argv = [
         cfg.bin, "--input-format", "stream-json", "--output-format", "stream-json",
         "--verbose", "--permission-prompt-tool", "stdio",
@@ -52,6 +61,8 @@ def cli_argv(
     model = model or cfg.model
     if model:
         argv += ["--model", model]
+    if cfg.sandbox is not None:
+        argv += cfg.sandbox.cli_args(memory, scratch)
     return argv
 
 

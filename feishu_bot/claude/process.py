@@ -16,6 +16,11 @@ SIGKILL of the CLI alone orphans them. ``kill_tree`` therefore:
 5. awaits the CLI's ``wait()`` so it is reaped, and waits briefly for the others to vanish.
 
 Never signals the bot's own process group or session, nor pid 0/1.
+
+A ``setsid nohup … &`` started by a tool leaves the CLI's tree and session for good (re-parented
+to init), so every CLI also gets a tag in its environment (``TAG_VAR``), inherited by all its
+descendants: ``reap_tagged`` finds them by it. The bot is not made a child subreaper: reaping
+adopted orphans with ``waitpid(-1)`` steals asyncio's exit statuses (FACTS).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import os
 import shutil
 import signal
 import sys
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,15 +42,23 @@ import psutil
 from loguru import logger
 
 __all__ = [
+    "TAG_VAR",
     "KillReport",
     "alive",
     "child_env",
     "kill_tree",
     "leftovers",
+    "live_tags",
+    "new_tag",
+    "reap_after_exit",
     "reap_leftovers",
+    "reap_tagged",
     "snapshot_tree",
     "spawn_cli",
+    "tagged",
 ]
+
+TAG_VAR = "CLAUDE_BOT_CLI_TAG"
 
 _POLL_S = 0.02
 _AFTER_KILL_S = 2.0
@@ -200,6 +214,18 @@ async def kill_tree(proc: asyncio.subprocess.Process, *, grace: float) -> KillRe
     )
 
 
+async def reap_after_exit(
+    proc: asyncio.subprocess.Process, *, grace: float, tag: str | None, scratch: Path | None
+) -> None:
+    """After the CLI exited, for whatever reason: its session's and group's leftovers, every
+    process still carrying its tag, then its temporary directory."""
+    await reap_leftovers(proc, grace=grace)
+    if tag is not None:
+        await reap_tagged(tag, grace=grace)
+    if scratch is not None:
+        await asyncio.to_thread(shutil.rmtree, scratch, True)
+
+
 async def reap_leftovers(proc: asyncio.subprocess.Process, *, grace: float) -> int:
     """After a normal exit: stop whatever is still running in the CLI's session or group."""
     found = leftovers(proc.pid)
@@ -208,6 +234,84 @@ async def reap_leftovers(proc: asyncio.subprocess.Process, *, grace: float) -> i
     logger.info("stopping {} leftover processes of claude pid {}", len(found), proc.pid)
     await kill_tree(proc, grace=grace)
     return len(found)
+
+
+def new_tag() -> str:
+    """A tag for one CLI process: unique, and short (it names the CLI's temporary directory)."""
+    return uuid.uuid4().hex[:16]
+
+
+def live_tags() -> set[str]:
+    """The tags of every live process that carries one (a /proc scan; blocking)."""
+    prefix = f"{TAG_VAR}=".encode()
+    found: set[str] = set()
+    for pid in psutil.pids():
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                entries = fh.read().split(b"\0")
+        except OSError:
+            continue
+        found.update(e[len(prefix):].decode(errors="replace") for e in entries
+                     if e.startswith(prefix))
+    return found
+
+
+def tagged(tag: str) -> dict[int, psutil.Process]:
+    """Live processes whose environment holds ``TAG_VAR=tag`` (read from /proc: the environment
+    a process was started with, which a child inherits even through ``setsid``)."""
+    needle = f"{TAG_VAR}={tag}".encode()
+    me = os.getpid()
+    found: dict[int, psutil.Process] = {}
+    for pid in psutil.pids():
+        if pid in (0, 1, me):
+            continue
+        try:
+            proc = psutil.Process(pid)  # before the read: pins the start time against reuse
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                entries = fh.read().split(b"\0")
+        except (OSError, psutil.Error):
+            continue
+        if needle in entries and alive(proc):
+            found[pid] = proc
+    return found
+
+
+async def reap_tagged(
+    tag: str, *, grace: float, since: float | None = None, spare_tree_of: int | None = None
+) -> int:
+    """SIGTERM every live process tagged ``tag``, SIGKILL what is left after ``grace``; return
+    how many there were. ``since`` (epoch seconds) keeps processes started earlier;
+    ``spare_tree_of`` keeps that pid and its descendants (a live CLI and its helpers: the CLI
+    stops its own tool trees). Scans /proc in a thread."""
+
+    def select() -> dict[int, psutil.Process]:
+        found = tagged(tag)
+        if spare_tree_of is not None:
+            found.pop(spare_tree_of, None)
+            with contextlib.suppress(psutil.Error):
+                for child in psutil.Process(spare_tree_of).children(recursive=True):
+                    found.pop(child.pid, None)
+        if since is not None:
+            for pid, proc in list(found.items()):
+                with contextlib.suppress(psutil.Error):
+                    if proc.create_time() < since:
+                        del found[pid]
+        return found
+
+    procs = await asyncio.to_thread(select)
+    if not procs:
+        return 0
+    _signal_all(procs, set(), signal.SIGTERM)
+    left = await _wait_gone(procs, asyncio.get_running_loop().time() + grace, None)
+    if left:
+        _signal_all({p.pid: p for p in left}, set(), signal.SIGKILL)
+        loop = asyncio.get_running_loop()
+        await _wait_gone({p.pid: p for p in left}, loop.time() + _AFTER_KILL_S, None)
+    logger.info(
+        "stopped {} processes left behind by claude tag {} ({} needed SIGKILL)",
+        len(procs), tag, len(left),
+    )
+    return len(procs)
 
 
 _PR_SET_PDEATHSIG = 1

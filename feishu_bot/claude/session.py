@@ -13,7 +13,9 @@ Invariants:
   Stop (cancellation) and the deadline send ``interrupt`` first; only if no ``result`` follows
   within ``interrupt_grace`` is the process tree killed.
 - The deadline clock stops while a permission request waits for a person.
-- ``close()`` returns only once the process and whatever it started are reaped.
+- ``close()`` returns only once the process and whatever it started are reaped: its tree, its
+  session, and every process carrying its ``tag`` (``setsid nohup … &`` included), whatever
+  ended the process (close, crash, kill). A stopped turn's tagged orphans are ended at once.
 
 What it does not do: decide retries, count slots, or know about Feishu.
 """
@@ -34,7 +36,7 @@ from loguru import logger
 
 from feishu_bot.claude.control import READ_ONLY_TOOLS, ControlChannel, TurnAttempt, TurnState
 from feishu_bot.claude.outcome import auth_refusal, not_logged_in
-from feishu_bot.claude.process import kill_tree, reap_leftovers, spawn_cli
+from feishu_bot.claude.process import kill_tree, reap_after_exit, reap_tagged, spawn_cli
 from feishu_bot.claude.streams import TailBuffer, drain, read_lines
 from feishu_bot.events import (
     AskPermission,
@@ -65,7 +67,9 @@ class CliSession(ControlChannel):
     """One live CLI process for one conversation: ``start()``, ``run_turn()``..., ``close()``.
 
     ``on_exit`` is called (synchronously, once) when the process is gone and reaped, whatever
-    the reason, so the owner can free its slot at once.
+    the reason, so the owner can free its slot at once. ``tag`` is the value of the process's
+    ``TAG_VAR`` (the caller puts it into ``env``); ``scratch`` a directory of its own that is
+    removed once the process is gone.
     """
 
     def __init__(
@@ -80,8 +84,12 @@ class CliSession(ControlChannel):
         max_line_bytes: int = 64 * 1024 * 1024,
         stderr_tail_bytes: int = 16 * 1024,
         on_exit: Callable[[CliSession], None] | None = None,
+        tag: str | None = None,
+        scratch: Path | None = None,
     ) -> None:
         self.key = key
+        self.tag = tag
+        self.scratch = scratch
         self.argv = argv
         self.cwd = cwd
         self.env = env
@@ -262,6 +270,13 @@ class CliSession(ControlChannel):
             try:
                 await asyncio.wait_for(asyncio.shield(turn.done), step)
                 logger.info("claude pid={} interrupted; session stays warm", self.pid)
+                if self.tag is not None and not self.exited.is_set():
+                    # What the stopped turn started and the CLI lost track of (setsid).
+                    began = time.time() - (time.monotonic() - turn.started)
+                    await reap_tagged(
+                        self.tag, grace=min(1.0, self.kill_grace), since=began,
+                        spare_tree_of=self.pid,
+                    )
                 return
             except TimeoutError:
                 if loop.time() < deadline:
@@ -294,7 +309,6 @@ class CliSession(ControlChannel):
                 if i < len(files):
                     await _stream_base64(files[i], proc.stdin)
 
-
     # ------------------------------------------------------------------ stdout
     async def _read(self) -> None:
         proc = self.proc
@@ -306,7 +320,9 @@ class CliSession(ControlChannel):
         code = await proc.wait()
         if len(self._io) > 1:
             await asyncio.wait({self._io[1]}, timeout=2.0)
-        await reap_leftovers(proc, grace=min(1.0, self.kill_grace))
+        await reap_after_exit(
+            proc, grace=min(1.0, self.kill_grace), tag=self.tag, scratch=self.scratch
+        )
         self.exited.set()
         logger.info("claude exited pid={} code={} ({})", proc.pid, code, self.key)
         for fut in self._pending.values():

@@ -96,12 +96,44 @@ async def cmd_status(ctx: BotContext, msg: InboundMessage, args: str) -> str:
         f"• claude process: {warm}",
         f"• always allowed here: {allowed or 'nothing (commands are asked for)'}"
         " (/permissions)",
+        _sandbox_line(ctx),
         f"• turns: {turns}, cost ${cost:.4f}",
         f"Bot: {stats.active}/{stats.max_concurrent} running, {stats.warm_idle} warm idle, "
         f"{stats.queued} queued, "
         f"uptime {wording.duration(ctx.uptime_s)}, websocket {ws}",
     ]
     return "\n".join(lines)
+
+
+_CONVERSATION_DIRS = ("p2p-", "group-", "thread-")  # default_workdir's names
+
+
+def _not_yours(ctx: BotContext, msg: InboundMessage, target: Path, root: Path) -> str | None:
+    """With the sandbox on, a conversation's tools reach its working directory only, so /cd
+    must not move a conversation into the workspace root (every directory) or into another
+    conversation's own directory. Shared workdirs are shared by the operator's choice."""
+    policy = ctx.launcher.config.sandbox
+    if policy is None or not policy.enabled or ctx.settings.CLAUDE_SHARED_WORKDIR:
+        return None
+    if target == root:
+        return "the workspace itself, which holds every conversation's directory"
+    top = root / target.relative_to(root).parts[0]
+    mine = default_workdir(root, msg.conversation_key, shared=False)
+    if top != mine and top.name.startswith(_CONVERSATION_DIRS):
+        return "another conversation's directory"
+    return None
+
+
+def _sandbox_line(ctx: BotContext) -> str:
+    policy = ctx.launcher.config.sandbox
+    if policy is None or not policy.enabled:
+        why = policy.status.text if policy is not None else "off"
+        return f"• sandbox: {why}: Claude's commands are not confined to this directory"
+    hosts = ", ".join(policy.allowed_domains) or "none"
+    return (
+        "• sandbox: on: commands write only here and cannot read other conversations or the "
+        f"bot's files; network without asking: {hosts} (other hosts are asked for)"
+    )
 
 
 async def cmd_cd(ctx: BotContext, msg: InboundMessage, args: str) -> str:
@@ -119,6 +151,9 @@ async def cmd_cd(ctx: BotContext, msg: InboundMessage, args: str) -> str:
             return f"Refused: {_echo(args)} is outside the workspace {root}."
         if not target.is_dir():
             return f"No such directory: {_echo_path(target)}"
+        why = _not_yours(ctx, msg, target, root)
+        if why:
+            return f"Refused: {_echo(args)} is {why}."
     except (OSError, ValueError, RuntimeError) as exc:  # EACCES, unencodable names, loops
         if isinstance(exc, RuntimeError):  # pathlib's "Symlink loop from ..."
             reason = "it is a loop of symbolic links"

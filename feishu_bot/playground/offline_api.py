@@ -145,8 +145,9 @@ def plan_answer(messages: list[dict[str, Any]]) -> DemoAnswer:
     seen = f"I received {len(images)} image(s) ({', '.join(images)}). " if images else ""
     return DemoAnswer(
         f"{label}{seen}You said: {said or '(no text)'}\n\n"
-        'Try `run: python3 -c "print(6*7)"` for a tool call that needs approval, '
-        "or a message with *slow* in it to try Stop."
+        "Try `run: curl -sI https://example.com` for a command that needs approval (it leaves "
+        "the sandbox; with CLAUDE_SANDBOX=off any command asks, e.g. "
+        '`run: python3 -c "print(6*7)"`), or a message with *slow* in it to try Stop.'
     )
 
 

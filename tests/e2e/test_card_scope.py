@@ -38,6 +38,9 @@ async def test_stop_on_a_card_stops_that_turn_only(sim, anthropic, start_bot):
     assert click.toast == {"type": "success", "content": "Stopping…"}
     await final_text(sim, second, contains="Stopped")
     assert sim.rendered_card(running_card)["header"]["template"] == "blue", "still working"
+    # The running turn's card shows Stop before its CLI has asked the model (a sandboxed CLI
+    # starts ~0.5 s later): wait for that request rather than race it.
+    await anthropic.wait_for_requests(1)
     assert len(anthropic.message_requests) == 1
     click = await sim.click(running_card, "Stop")
     assert click.toast["type"] == "success"

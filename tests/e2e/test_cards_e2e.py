@@ -45,8 +45,10 @@ def made_files(bot: RunningBot) -> list[Path]:
 
 
 async def approval_bot(start_bot: StartBot, **kw: Any) -> RunningBot:
-    # "default": every Bash call asks (acceptEdits may let a plain `touch` through).
-    return await start_bot(CLAUDE_PERMISSION_MODE="default", **kw)
+    # "default": every Bash call asks (acceptEdits may let a plain `touch` through). Sandbox
+    # off: with it, a `touch` in the working directory runs without a card (tests/e2e/
+    # test_sandbox_e2e.py); these tests are about the card of a tool that asks.
+    return await start_bot(CLAUDE_PERMISSION_MODE="default", CLAUDE_SANDBOX="off", **kw)
 
 
 async def test_streamed_cardkit_answer(sim, anthropic, start_bot):

@@ -147,6 +147,7 @@ _VALUED = {
     "--system-prompt",
     "--fallback-model",
     "--settings",
+    "--setting-sources",
     "--effort",
 }
 _VARIADIC = {

@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 
 from database.store import SessionStore
+from feishu_bot.claude.launcher_config import LauncherConfig
+from feishu_bot.claude.sandbox import SandboxPolicy, SandboxStatus
 from feishu_bot.config import Settings
 from feishu_bot.context import BotContext, GatewayStatus
 from feishu_bot.events import InboundMessage
@@ -23,6 +25,8 @@ class _Stats:
 
 
 class _LauncherNumbers:
+    config = LauncherConfig(bin="claude")
+
     def stats(self) -> _Stats:
         return _Stats()
 
@@ -117,6 +121,26 @@ async def test_cd_accepts_only_existing_dirs_under_the_workspace(ctx: BotContext
     assert Path(conv.workdir) == root / "proj"
 
 
+async def test_cd_stays_out_of_other_conversations_with_the_sandbox(ctx: BotContext) -> None:
+    """The sandbox hides every directory but the working one: /cd must not hand a chat another
+    conversation's directory, or the workspace root that holds them all."""
+    root = ctx.workdir_root.resolve()
+    mine = root / "p2p-oc_1"
+    theirs = root / "group-oc_2"
+    for d in (mine / "src", theirs, root / "shared-project"):
+        d.mkdir(parents=True)
+    on = SandboxPolicy(SandboxStatus(True))
+    ctx.launcher.config = LauncherConfig(bin="claude", sandbox=on)  # type: ignore[misc]
+    assert "another conversation's directory" in await run_command(ctx, MSG, "cd", str(theirs))
+    assert "the workspace itself" in await run_command(ctx, MSG, "cd", str(root))
+    for allowed in (mine / "src", root / "shared-project"):
+        assert "Working directory is now" in await run_command(ctx, MSG, "cd", str(allowed))
+    conv = await ctx.store.get_conversation(MSG.conversation_key)
+    assert Path(conv.workdir) == root / "shared-project"
+    ctx.launcher.config = LauncherConfig(bin="claude")  # type: ignore[misc]
+    assert "Working directory is now" in await run_command(ctx, MSG, "cd", str(theirs))
+
+
 async def test_cd_refuses_symlink_escaping_the_workspace(ctx: BotContext, tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -147,6 +171,18 @@ async def test_status_shows_conversation_and_bot(ctx: BotContext) -> None:
     assert "always allowed here: Bash(npm test:*)" in text
     await run_command(ctx, MSG, "new", "")
     assert "always allowed here: nothing" in await run_command(ctx, MSG, "status", "")
+
+
+async def test_status_says_whether_commands_are_sandboxed(ctx: BotContext) -> None:
+    off = SandboxPolicy(SandboxStatus(False, "bubblewrap missing"))
+    ctx.launcher.config = LauncherConfig(bin="claude", sandbox=off)  # type: ignore[misc]
+    text = await run_command(ctx, MSG, "status", "")
+    assert "sandbox: off (bubblewrap missing): Claude's commands are not confined" in text
+    on = SandboxPolicy(SandboxStatus(True), allowed_domains=("pypi.org", "github.com"))
+    ctx.launcher.config = LauncherConfig(bin="claude", sandbox=on)  # type: ignore[misc]
+    text = await run_command(ctx, MSG, "status", "")
+    assert "sandbox: on: commands write only here" in text
+    assert "network without asking: pypi.org, github.com (other hosts are asked for)" in text
 
 
 async def test_stop_with_nothing_running(ctx: BotContext) -> None:

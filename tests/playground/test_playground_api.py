@@ -31,6 +31,7 @@ async def test_p2p_message_is_answered_on_the_feed(playground: Playground) -> No
         assert feed.hello["offline"] is True
         assert feed.hello["offline_label"] == OFFLINE_LABEL
         assert feed.health["healthz"]["healthy"] is True
+        assert feed.health["healthz"]["sandbox"] == "on"  # bubblewrap is installed here
 
         message_id = await _send(session, pg, chat="p2p", text="hello playground")
         text = await feed.until(lambda f: f.finished_text(message_id))

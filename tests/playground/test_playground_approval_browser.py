@@ -1,7 +1,8 @@
 """A tool approval answered in the page, in a real headless Chromium.
 
 The offline demo model asks for ``Bash`` (``run: python3 -c "print(6*7)"``, which the default
-permission mode does not allow by itself); the bot's card shows the approval buttons; a click on
+permission mode does not allow by itself; the sandbox is off here, or the command would run in
+it without asking); the bot's card shows the approval buttons; a click on
 "Allow once" goes back to the bot as a real ``card.action.trigger``; the tool really runs and its
 output comes back through the real CLI.
 """
@@ -14,11 +15,17 @@ import pytest
 
 from feishu_bot.playground import Playground
 from tests.playground.cdp import Browser, find_chromium
+from tests.playground.conftest import StartPlayground
 from tests.playground.test_playground_browser import replies_text_js, send
 
 pytestmark = [pytest.mark.real_cli, pytest.mark.slow]
 
 COMMAND = 'run: python3 -c "print(6*7)"'
+
+
+@pytest.fixture
+async def playground(start_playground: StartPlayground) -> Playground:
+    return await start_playground(CLAUDE_SANDBOX="off")
 
 
 async def test_allow_once_from_the_page(playground: Playground, tmp_path: Path) -> None:

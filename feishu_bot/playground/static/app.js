@@ -93,6 +93,11 @@
     state.health = msg;
     $("health-line").textContent = msg.line || "(no health line yet; one every 10 s)";
     $("healthz").textContent = JSON.stringify(msg.healthz, null, 2);
+    const sandbox = msg.healthz && msg.healthz.sandbox;
+    if (sandbox) {
+      $("sandbox").textContent = "sandbox " + sandbox;
+      $("sandbox").className = "mode " + (sandbox === "on" ? "real" : "missing");
+    }
   }
 
   // Changed items: only their rows are (re)drawn, and the timings if the latest turn moved.
