@@ -34,7 +34,7 @@ import asyncio
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from loguru import logger
@@ -308,6 +308,8 @@ class ApprovalBroker:
             )
             return _allow(request, updates=(scope.update,))
         await stream.resolve_block(rid, f"✅ {head}: allowed once by {_mention(operator)}")
+        if tool == NETWORK_TOOL:
+            return replace(_allow(request), retire_after_turn=True)
         return _allow(request)
 
     async def _ask_question(

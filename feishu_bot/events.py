@@ -127,6 +127,9 @@ class PermissionDecision:
     updated_input: dict[str, Any] | None = None
     interrupt: bool = False
     updated_permissions: tuple[dict[str, Any], ...] = ()
+    # The CLI would remember this allow for the rest of its process (measured for a host
+    # allowed once): close the process after the turn, so "once" stays once.
+    retire_after_turn: bool = False
 
 
 # Asked for every can_use_tool; must always return (the caller enforces no deadline).

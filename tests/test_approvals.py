@@ -434,3 +434,34 @@ def test_an_exact_command_suggestion_is_widened_to_the_first_words():
     assert (network.kind, network.rule, network.update["destination"]) == (
         "host", "example.com", "session"
     )
+
+
+async def test_a_network_request_is_a_host_card_and_allow_once_stays_once(store):
+    """Containment #3: a host outside CLAUDE_SANDBOX_DOMAINS is asked like a tool. Measured:
+    the CLI remembers a host allowed once for its whole process, so that allow asks for the
+    process to be closed after the turn; Always allow stores a host grant of this
+    conversation and answers with a session rule only."""
+    broker, sink = make_broker(store), Sink()
+    network = PermissionRequest(
+        "req-n",
+        "SandboxNetworkAccess",
+        {"host": "example.com"},
+        suggestions=({"type": "addRules", "rules": [{"toolName": "SandboxNetworkAccess",
+                      "ruleContent": "example.com"}], "behavior": "allow",
+                      "destination": "userSettings"},),
+    )
+    task = await ask(broker, sink, network)
+    block = await sink.shown()
+    assert "Claude wants to connect to example.com" in block.text
+    assert [b.text for b in block.buttons] == ["Allow once", "Always allow example.com", "Deny"]
+    press(broker, block, "Allow once")
+    once = await task
+    assert once.allow and once.retire_after_turn and once.updated_permissions == ()
+    task = await ask(broker, sink, network)
+    block = await sink.shown()
+    press(broker, block, "Always allow example.com")
+    always = await task
+    assert not always.retire_after_turn
+    assert [u["destination"] for u in always.updated_permissions] == ["session"]
+    [grant] = await store.list_grants(KEY)
+    assert (grant.kind, grant.rule) == ("host", "example.com")

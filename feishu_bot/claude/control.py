@@ -69,6 +69,7 @@ class TurnAttempt:
     first_text_s: float | None = None
     # This turn's own cost: the CLI reports the process's running total (FACTS, "Cost").
     cost_usd: float = 0.0
+    retire: bool = False  # close the process after this turn (see PermissionDecision)
 
 
 class TurnState:
@@ -216,6 +217,7 @@ class ControlChannel:
         if decision.allow:
             allowed = decision.updated_input if decision.updated_input is not None else tool_input
             turn.note_side_effect(req.tool_use_id or req.request_id, tool, allowed)
+            turn.attempt.retire |= decision.retire_after_turn
         return decision
 
     async def _mcp(self, turn: TurnState | None, request_id: str, request: dict[str, Any]) -> None:

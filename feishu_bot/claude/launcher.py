@@ -337,6 +337,8 @@ class Launcher:
                     )
                 finally:
                     self._attempt_started[ticket] = None  # still holds its slot (backoff)
+                if att.retire:
+                    self._retire.add(key)
                 self._note_health(att)
                 if att.timed_out:
                     raise TurnTimeout(
@@ -447,7 +449,8 @@ class Launcher:
         session = CliSession(
             req.conversation_key,
             cli_argv(
-                self._cfg, resume, req.model, req.allowed_rules, memory=memory, scratch=scratch
+                self._cfg, resume, req.model, req.allowed_rules, memory=memory, scratch=scratch,
+                hosts=req.allowed_hosts,
             ),
             cwd=workdir,
             env=env,

@@ -33,11 +33,13 @@ def cli_argv(
     *,
     memory: str = "",
     scratch: Path | None = None,
+    hosts: tuple[str, ...] = (),
 ) -> list[str]:
     """``claude`` in stream-json mode, resuming ``resume`` (forked) when it names a session;
     ``rules`` are the conversation's granted permission rules, matched by the CLI itself;
     sandboxed when ``cfg.sandbox`` is on (``memory``: the directory's CLAUDE.md text, which
-    the sandbox's settings sources no longer load; ``scratch``: the process's TMPDIR)."""
+    the sandbox's settings sources no longer load; ``scratch``: the process's TMPDIR;
+    ``hosts``: the conversation's network grants)."""
     argv = [
         cfg.bin, "--input-format", "stream-json", "--output-format", "stream-json",
         "--verbose", "--permission-prompt-tool", "stdio",
@@ -62,7 +64,7 @@ def cli_argv(
     if model:
         argv += ["--model", model]
     if cfg.sandbox is not None:
-        argv += cfg.sandbox.cli_args(memory, scratch)
+        argv += cfg.sandbox.cli_args(memory, scratch, hosts)
     return argv
 
 

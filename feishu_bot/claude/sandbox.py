@@ -251,9 +251,12 @@ class SandboxPolicy:
             workspace=workspace,
         )
 
-    def settings(self, scratch: Path | None = None) -> dict[str, Any]:
+    def settings(
+        self, scratch: Path | None = None, hosts: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
         """The ``--settings`` object of the CLI whose temporary directory is ``scratch`` (the
-        CLI merges it over the user's settings)."""
+        CLI merges it over the user's settings); ``hosts`` are the conversation's network
+        grants ("Always allow" of a host), allowed on top of CLAUDE_SANDBOX_DOMAINS."""
         denied = [*DENIED_HOSTS, *DENIED_RANGES]
         filesystem: dict[str, list[str]] = {"denyRead": list(self.deny_read)}
         if scratch is not None:
@@ -273,7 +276,7 @@ class SandboxPolicy:
                     "envVars": [{"name": name, "mode": "deny"} for name in self.deny_env]
                 },
                 "network": {
-                    "allowedDomains": list(self.allowed_domains),
+                    "allowedDomains": list(dict.fromkeys((*self.allowed_domains, *hosts))),
                     "deniedDomains": denied,
                 },
             },
@@ -287,12 +290,14 @@ class SandboxPolicy:
             "disableAllHooks": True,
         }
 
-    def cli_args(self, memory: str = "", scratch: Path | None = None) -> list[str]:
+    def cli_args(
+        self, memory: str = "", scratch: Path | None = None, hosts: tuple[str, ...] = ()
+    ) -> list[str]:
         """Arguments added to ``claude`` (nothing when the sandbox is off)."""
         if not self.enabled:
             return []
         args = [
-            "--settings", json.dumps(self.settings(scratch), separators=(",", ":")),
+            "--settings", json.dumps(self.settings(scratch, hosts), separators=(",", ":")),
             "--setting-sources", "user",
             "--strict-mcp-config",
         ]

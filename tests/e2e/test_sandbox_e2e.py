@@ -83,3 +83,51 @@ async def test_sandbox_off_keeps_todays_behaviour_and_says_so(
     assert json.dumps(anthropic.message_requests[-1].body).count(
         running.settings.FEISHU_APP_SECRET.get_secret_value()
     ) == 0
+
+
+async def test_a_host_not_allowed_asks_on_the_card_and_the_answer_holds(
+    sim: FeishuSimulator, anthropic: FakeAnthropic, start_bot: StartBot
+) -> None:
+    """Network by approval: example.com is not in CLAUDE_SANDBOX_DOMAINS, so the command's
+    request becomes a "🌐 connect to example.com" block. Deny: the command sees the proxy's
+    403. Allow once: the proxy tries the host (offline here: 502, not 403). Always allow: a
+    host grant of this conversation, which a new process gets at start (no card)."""
+    from tests.e2e.test_cards_e2e import card_with
+
+    code = "-s -m 20 -o /dev/null -w '%{http_code}'"
+    curl = f"curl {code} http://example.com/; echo ' exit='$?"
+    anthropic.enqueue(
+        bash("denied", curl), Reply("after deny"),
+        bash("once", curl), Reply("after once"),
+        bash("always", curl), Reply("after always"),
+        bash("granted", curl), Reply("after grant"),
+    )
+    await start_bot(CLAUDE_PERMISSION_MODE="default")
+
+    async def turn(text: str, button: str | None, done: str) -> str:
+        mid = await sim.push_message(text=text)
+        if button is not None:
+            card = await card_with(sim, mid, "Deny")
+            shown = sim.message_text(sim.message(card))
+            assert "Claude wants to connect to example.com" in shown, shown
+            await sim.click(card, button)
+        return await final_text(sim, mid, contains=done)
+
+    await turn("first", "Deny", "after deny")
+    assert tool_results(anthropic.message_requests[-1])["denied"].startswith("403")
+    await turn("second", "Allow once", "after once")
+    assert tool_results(anthropic.message_requests[-1])["once"].startswith("502")
+    # measured: the CLI remembers a host allowed once for the rest of its process, so the
+    # bot closes that process after the turn and the next one asks again
+    text = await turn("third", "Always allow example.com", "after always")
+    assert "always allowed here" in text
+    model = await sim.push_message(text="/model default")  # a new process: the grant at start
+    await sim.wait_for(lambda: len(sim.replies_to(model)) >= 1, 30)
+    mid = await sim.push_message(text="fourth")
+    await final_text(sim, mid, contains="after grant")
+    assert tool_results(anthropic.message_requests[-1])["granted"].startswith("502")
+    versions = [v for r in sim.replies_to(mid) for v in r.versions]
+    assert not any(find_button(v, "Deny") for v in versions), "no card for a granted host"
+    listing = await sim.push_message(text="/permissions")
+    await sim.wait_for(lambda: len(sim.replies_to(listing)) >= 1, 30)
+    assert "network: example.com" in sim.message_text(sim.replies_to(listing)[0])
