@@ -79,7 +79,7 @@ async def cmd_status(ctx: BotContext, msg: InboundMessage, args: str) -> str:
     if waiting > 0:
         state += f" ({waiting} more waiting)"
     grants = await ctx.store.list_grants(msg.conversation_key)
-    allowed = ", ".join(g.rule for g in grants)
+    allowed = ", ".join(g.rule if g.kind == "tool" else f"network: {g.rule}" for g in grants)
     stats = ctx.launcher.stats()
     warm = "warm (the next message needs no start-up)" if ctx.launcher.is_warm(
         msg.conversation_key) else "none (the next message starts one)"
