@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import json as jsonlib
 import time
-import uuid as uuid_mod
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -50,6 +49,7 @@ from feishu_bot.errors import (
     FeishuTokenInvalid,
     FeishuTransientError,
 )
+from feishu_bot.feishu.cardkit_calls import CardKitCalls, data_str, new_uuid
 from feishu_bot.feishu.pacing import Pacer
 from feishu_bot.feishu.render import body_dumps, dumps, text_content
 
@@ -67,7 +67,7 @@ Sleep = Callable[[float], Awaitable[None]]
 FormFactory = Callable[[], aiohttp.FormData]
 
 
-class FeishuReplier:
+class FeishuReplier(CardKitCalls):
     """One client per app; share it. Use `async with` or call `aclose()`."""
 
     def __init__(
@@ -171,11 +171,11 @@ class FeishuReplier:
                 "msg_type": msg_type,
                 "content": dumps(content),
                 "reply_in_thread": in_thread,
-                "uuid": uuid or _new_uuid(),
+                "uuid": uuid or new_uuid(),
             },
             op="reply",
         )
-        new_id = _data_str(body, "message_id", "reply")
+        new_id = data_str(body, "message_id", "reply")
         self._learn_chat(body, message_id, new_id)
         return new_id
 
@@ -201,11 +201,11 @@ class FeishuReplier:
                 "receive_id": chat_id,
                 "msg_type": msg_type,
                 "content": dumps(content),
-                "uuid": uuid or _new_uuid(),
+                "uuid": uuid or new_uuid(),
             },
             op="send",
         )
-        new_id = _data_str(body, "message_id", "send")
+        new_id = data_str(body, "message_id", "send")
         if by_chat:
             self.note_chat(new_id, chat_id)
         else:
@@ -230,7 +230,7 @@ class FeishuReplier:
             json={"reaction_type": {"emoji_type": emoji_type}},
             op="add_reaction",
         )
-        return _data_str(body, "reaction_id", "add_reaction")
+        return data_str(body, "reaction_id", "add_reaction")
 
     async def remove_reaction(self, message_id: str, reaction_id: str) -> None:
         await self._call(
@@ -289,71 +289,6 @@ class FeishuReplier:
         if isinstance(chat_id, str):
             for message_id in message_ids:
                 self.note_chat(message_id, chat_id)
-
-    # -- CardKit card entities (scope cardkit:card:write; Card JSON 2.0 only) ----------------
-    # Every operation on one card carries a `sequence` that must increase strictly; the
-    # caller (cardkit_stream.CardKitStream) owns it. `uuid` makes a retried operation idempotent.
-
-    async def create_card_entity(self, card: dict[str, Any]) -> str:
-        """POST /cardkit/v1/cards; returns the card_id (send it with `reply_card_entity`)."""
-        body = await self._call(
-            "POST",
-            "/open-apis/cardkit/v1/cards",
-            json={"type": "card_json", "data": dumps(card)},
-            op="cardkit_create",
-        )
-        return _data_str(body, "card_id", "cardkit_create")
-
-    async def reply_card_entity(
-        self, message_id: str, card_id: str, *, in_thread: bool = False, uuid: str | None = None
-    ) -> str:
-        """Reply with a card entity (it can be sent once); returns the new message id."""
-        content = {"type": "card", "data": {"card_id": card_id}}
-        return await self.reply(message_id, "interactive", content, in_thread=in_thread, uuid=uuid)
-
-    async def stream_card_text(
-        self,
-        card_id: str,
-        element_id: str,
-        content: str,
-        *,
-        sequence: int,
-        uuid: str | None = None,
-    ) -> None:
-        """PUT the full text of a markdown element (typewriter effect in streaming mode)."""
-        await self._call(
-            "PUT",
-            f"/open-apis/cardkit/v1/cards/{card_id}/elements/{element_id}/content",
-            json={"content": content, "sequence": sequence, "uuid": uuid or _new_uuid()},
-            op="cardkit_content",
-        )
-
-    async def set_card_streaming(
-        self, card_id: str, streaming: bool, *, sequence: int, uuid: str | None = None
-    ) -> None:
-        """PATCH the card's settings: `streaming_mode` on or off."""
-        settings = {"config": {"streaming_mode": streaming}}
-        await self._call(
-            "PATCH",
-            f"/open-apis/cardkit/v1/cards/{card_id}/settings",
-            json={"settings": dumps(settings), "sequence": sequence, "uuid": uuid or _new_uuid()},
-            op="cardkit_settings",
-        )
-
-    async def update_card_entity(
-        self, card_id: str, card: dict[str, Any], *, sequence: int, uuid: str | None = None
-    ) -> None:
-        """PUT the whole card (a 2.0 card replaces a 2.0 card)."""
-        await self._call(
-            "PUT",
-            f"/open-apis/cardkit/v1/cards/{card_id}",
-            json={
-                "card": {"type": "card_json", "data": dumps(card)},
-                "sequence": sequence,
-                "uuid": uuid or _new_uuid(),
-            },
-            op="cardkit_update",
-        )
 
     # -- media support (feishu/media.py streams downloads and sends uploads through these) ----
 
@@ -541,10 +476,6 @@ class FeishuReplier:
         return body
 
 
-def _new_uuid() -> str:
-    return uuid_mod.uuid4().hex
-
-
 def _json_loads(raw: bytes) -> Any:
     return jsonlib.loads(raw.decode("utf-8"))
 
@@ -559,9 +490,3 @@ def _parse_reset(value: str | None) -> float | None:
     return seconds if seconds >= 0 else None
 
 
-def _data_str(body: dict[str, Any], key: str, op: str) -> str:
-    data = body.get("data")
-    value = data.get(key) if isinstance(data, dict) else None
-    if not isinstance(value, str) or not value:
-        raise FeishuApiError(f"{op}: response has no data.{key}", status=200)
-    return value
