@@ -49,7 +49,7 @@ from feishu_bot.feishu.buttons import ButtonSigner
 from feishu_bot.feishu.cardkit_state import CardKitState
 from feishu_bot.feishu.reaction import DEFAULT_REACTION, Reaction
 from feishu_bot.feishu.render import ANSWER_ELEMENT, Block, Button, CardState
-from feishu_bot.feishu.reply_sink import Text, UiCallback, failure_text
+from feishu_bot.feishu.reply_sink import Text, UiNotifier, failure_text
 
 __all__ = ["CardKitRefused", "CardKitStream"]
 
@@ -66,7 +66,7 @@ class CardKitRefused(FeishuApiError):
         self.cause = cause
 
 
-class CardKitStream:
+class CardKitStream(UiNotifier):
     """One turn's CardKit card; see the module docstring for the guarantees."""
 
     def __init__(
@@ -99,7 +99,6 @@ class CardKitStream:
         self._soon: asyncio.Task[None] | None = None
         self._clock, self._sleep = clock, sleep
         self._uuid = uuid_mod.uuid4().hex
-        self._on_ui: UiCallback | None = None
         self._reaction = Reaction(replier, reply_to, reaction, self._notify)
         self._on_refused = on_refused
         self._refused: FeishuApiError | None = None  # CardKit said no: nothing more is sent
@@ -141,23 +140,6 @@ class CardKitStream:
     def refused(self) -> bool:
         """CardKit refused this card; the stream sends nothing more."""
         return self._refused is not None
-
-    @property
-    def on_ui(self) -> UiCallback | None:
-        """Told ("reaction", id or "") and ("card", id) as they change, to journal them. A
-        CardKit card's id is "<message_id>#<card_id>" (what `adopt` needs to continue it)."""
-        return self._on_ui
-
-    @on_ui.setter
-    def on_ui(self, callback: UiCallback | None) -> None:
-        self._on_ui = callback
-
-    def _notify(self, kind: str, value: str) -> None:
-        if self._on_ui is not None:
-            try:
-                self._on_ui(kind, value)
-            except Exception:
-                logger.exception("card stream UI callback failed")
 
     def adopt(self, card: str) -> None:
         """Continue in the CardKit card ("<message_id>#<card_id>") an earlier run of the same

@@ -42,7 +42,7 @@ from feishu_bot.errors import FeishuApiError, FeishuTransientError
 from feishu_bot.feishu import render
 from feishu_bot.feishu.reaction import DEFAULT_REACTION, Reaction
 from feishu_bot.feishu.render import Block, CardState
-from feishu_bot.feishu.reply_sink import Text, UiCallback, failure_text
+from feishu_bot.feishu.reply_sink import Text, UiNotifier, failure_text
 
 __all__ = ["CardReplier", "PatchStream"]
 
@@ -73,7 +73,7 @@ class CardReplier(Protocol):
 _View = tuple[CardState, str, str | None, int | None]
 
 
-class PatchStream:
+class PatchStream(UiNotifier):
     """One turn's card, block cards and reaction; a `ReplySink` (see the module docstring)."""
 
     def __init__(
@@ -117,7 +117,6 @@ class PatchStream:
         self.patches = 0  # progress+final PATCH count (for tests and metrics)
         # Told ("reaction"|"card", id) when either appears ("" when the reaction goes), so the
         # owner can journal them and a restart can clean up or reuse them.
-        self.on_ui: UiCallback | None = None
 
         self._blocks: dict[str, Block] = {}  # the latest version of each block
         self._block_messages: dict[str, str] = {}  # block id -> its card's message id
@@ -129,13 +128,6 @@ class PatchStream:
         if self._card_id is None:
             self._card_id = card_id
             self._want_card = True
-
-    def _notify(self, kind: str, value: str) -> None:
-        if self.on_ui is not None:
-            try:
-                self.on_ui(kind, value)
-            except Exception:
-                logger.exception("reply stream UI callback failed")
 
     # -- context manager ---------------------------------------------------------------------
 

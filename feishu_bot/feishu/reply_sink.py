@@ -29,9 +29,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from loguru import logger
+
 from feishu_bot.feishu.render import Block
 
-__all__ = ["BlockSink", "ReplySink", "ReplySinkFactory", "Text", "UiCallback", "failure_text"]
+__all__ = [
+    "BlockSink",
+    "ReplySink",
+    "ReplySinkFactory",
+    "Text",
+    "UiCallback",
+    "UiNotifier",
+    "failure_text",
+]
 
 # The answer so far, or a function returning it: read only when a card is about to be sent,
 # since joining a long streamed answer on each of its thousands of deltas is quadratic.
@@ -118,3 +128,18 @@ class ReplySinkFactory(Protocol):
         conversation_key: str = "",
         turn_id: int | None = None,
     ) -> ReplySink: ...
+
+
+class UiNotifier:
+    """`on_ui` for a sink: told ("reaction", id or "") and ("card", id) as they change, to
+    journal them (a CardKit card's id is "<message_id>#<card_id>", what `adopt` needs). A
+    failing callback is logged, never raised into the reply."""
+
+    on_ui: UiCallback | None = None
+
+    def _notify(self, kind: str, value: str) -> None:
+        if self.on_ui is not None:
+            try:
+                self.on_ui(kind, value)
+            except Exception:
+                logger.exception("reply UI callback failed")

@@ -35,12 +35,12 @@ from feishu_bot.feishu.cardkit_stream import CardKitRefused, CardKitStream
 from feishu_bot.feishu.patch_stream import PatchStream
 from feishu_bot.feishu.reaction import DEFAULT_REACTION, Reaction
 from feishu_bot.feishu.render import Block
-from feishu_bot.feishu.reply_sink import ReplySink, Text, UiCallback
+from feishu_bot.feishu.reply_sink import ReplySink, Text, UiNotifier
 
 __all__ = ["ReplySwitch", "ReplySwitchFactory"]
 
 
-class ReplySwitch:
+class ReplySwitch(UiNotifier):
     """One turn's reply on CardKit or PATCH cards; see the module docstring."""
 
     def __init__(
@@ -63,7 +63,6 @@ class ReplySwitch:
         self._replier, self._reply_to, self._in_thread = replier, reply_to, in_thread
         self._title = title
         self._patch_options = dict(patch_options or {})
-        self._on_ui: UiCallback | None = None
         self._reaction = Reaction(replier, reply_to, reaction, self._notify)
         self._closed = False
         # What the card should show, kept for a replay on a PatchStream.
@@ -143,23 +142,6 @@ class ReplySwitch:
     @property
     def closed(self) -> bool:
         return self._closed
-
-    @property
-    def on_ui(self) -> UiCallback | None:
-        """Told ("reaction", id or "") and ("card", id) as they change, to journal them. A
-        CardKit card's id is "<message_id>#<card_id>" (what `adopt` needs to continue it)."""
-        return self._on_ui
-
-    @on_ui.setter
-    def on_ui(self, callback: UiCallback | None) -> None:
-        self._on_ui = callback
-
-    def _notify(self, kind: str, value: str) -> None:
-        if self._on_ui is not None:
-            try:
-                self._on_ui(kind, value)
-            except Exception:
-                logger.exception("reply UI callback failed")
 
     def adopt(self, card: str) -> None:
         """Continue in the card an earlier run of the same turn left (after a restart)."""
