@@ -14,7 +14,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
     for name in list(os.environ):
         if name.startswith(
-            ("FEISHU_", "CLAUDE_", "LOG_", "HEALTH_", "DATABASE_", "SESSION_", "ALERT_")
+            ("FEISHU_", "CLAUDE_", "LOG_", "HEALTH_", "DATABASE_", "SESSION_", "ALERT_", "CRON_")
         ):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
@@ -35,6 +35,9 @@ def test_defaults_are_the_documented_contract(monkeypatch: pytest.MonkeyPatch) -
     assert (s.SHUTDOWN_GRACE, s.LOG_LEVEL, s.LOG_DIR, s.LOG_JSON) == (20.0, "INFO", "./logs", False)
     assert s.FEISHU_ADMIN_CHAT == ""  # alerts only logged
     assert (s.ALERT_WS_DOWN_S, s.ALERT_QUEUE_FULL_S, s.ALERT_DISK_MIN_MB) == (60.0, 300.0, 1024.0)
+    assert (s.CLAUDE_USER_DAILY_USD, s.CLAUDE_DAILY_USD) == (0.0, 0.0)  # no limits
+    assert s.CLAUDE_ALLOWED_MODES == ["default", "acceptEdits", "plan"]
+    assert (s.CRON_TZ, s.CRON_MAX_PER_CONVERSATION) == ("", 10)  # the server's zone
 
 
 def test_missing_credentials_name_both_variables() -> None:
@@ -59,6 +62,12 @@ def test_missing_credentials_name_both_variables() -> None:
         ("ALERT_WS_DOWN_S", "0"),
         ("ALERT_QUEUE_FULL_S", "-1"),
         ("ALERT_DISK_MIN_MB", "lots"),
+        ("CLAUDE_USER_DAILY_USD", "-1"),
+        ("CLAUDE_DAILY_USD", "ten"),
+        ("CLAUDE_ALLOWED_MODES", "plan,yolo"),
+        ("CRON_TZ", "Mars/Olympus_Mons"),
+        ("CRON_TZ", "../etc/passwd"),
+        ("CRON_MAX_PER_CONVERSATION", "-2"),
     ],
 )
 def test_bad_values_name_the_variable(
@@ -118,3 +127,13 @@ def test_the_admin_chat_is_a_chat_id_or_an_open_id(
         monkeypatch.setenv(key, val)
     monkeypatch.setenv("FEISHU_ADMIN_CHAT", value)
     assert load_settings(None).FEISHU_ADMIN_CHAT == value.strip()
+
+
+def test_allowed_modes_and_cron_tz_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in BASE.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("CLAUDE_ALLOWED_MODES", " plan , bypassPermissions ")
+    monkeypatch.setenv("CRON_TZ", "Asia/Shanghai")
+    s = load_settings(None)
+    assert s.CLAUDE_ALLOWED_MODES == ["plan", "bypassPermissions"]
+    assert s.CRON_TZ == "Asia/Shanghai"
