@@ -25,10 +25,15 @@ __all__ = [
 
 
 def cli_argv(
-    cfg: LauncherConfig, resume: ResumePoint, model: str | None, rules: tuple[str, ...] = ()
+    cfg: LauncherConfig,
+    resume: ResumePoint,
+    model: str | None,
+    rules: tuple[str, ...] = (),
+    mode: str | None = None,
 ) -> list[str]:
     """``claude`` in stream-json mode, resuming ``resume`` (forked) when it names a session;
-    ``rules`` are the conversation's granted permission rules, matched by the CLI itself."""
+    ``rules`` are the conversation's granted permission rules, matched by the CLI itself;
+    ``mode`` the conversation's permission mode (default: the configured one)."""
     argv = [
         cfg.bin, "--input-format", "stream-json", "--output-format", "stream-json",
         "--verbose", "--permission-prompt-tool", "stdio",
@@ -41,14 +46,18 @@ def cli_argv(
             argv += ["--resume-session-at", resume.at_uuid]
         if cfg.fork_session:
             argv.append("--fork-session")
-    if cfg.permission_mode:
-        argv += ["--permission-mode", cfg.permission_mode]
+    if mode or cfg.permission_mode:
+        argv += ["--permission-mode", mode or cfg.permission_mode]
     allowed = tuple(dict.fromkeys((*cfg.allowed_tools, *rules)))
     if allowed:
         # One comma-joined value: the option is variadic and would swallow later words.
         argv += ["--allowedTools", ",".join(allowed)]
     if cfg.mcp_config:
         argv += ["--mcp-config", cfg.mcp_config]
+    if cfg.disallowed_tools:
+        argv += ["--disallowedTools", ",".join(cfg.disallowed_tools)]
+    if cfg.system_prompt:
+        argv += ["--append-system-prompt", cfg.system_prompt]
     model = model or cfg.model
     if model:
         argv += ["--model", model]
