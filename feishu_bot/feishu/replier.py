@@ -222,6 +222,22 @@ class FeishuReplier:
             op="patch",
         )
 
+    async def get_message(self, message_id: str) -> dict[str, Any]:
+        """One message (`data.items[0]`: msg_type, body.content, sender, deleted, …), the
+        bot's CardKit cards as their content (``card_msg_content_type=user_card_content``).
+        Other users' group messages need the scope im:message.group_msg (else 230027)."""
+        body = await self._call(
+            "GET",
+            f"/open-apis/im/v1/messages/{message_id}",
+            params={"card_msg_content_type": "user_card_content"},
+            op="get_message",
+        )
+        data = body.get("data")
+        items = data.get("items") if isinstance(data, dict) else None
+        if not isinstance(items, list) or not items or not isinstance(items[0], dict):
+            raise FeishuApiError("get_message: the answer holds no message", status=200)
+        return items[0]
+
     async def add_reaction(self, message_id: str, emoji_type: str) -> str:
         """Add an emoji reaction; returns the reaction id (needed to remove it)."""
         body = await self._call(
