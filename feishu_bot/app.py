@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,10 @@ KILL_BUDGET_S = 15.0
 class Bot:
     """One running bot. `run()` returns the process exit code."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+        """`clock` (epoch seconds) is what scheduled prompts are timed by (tests move it)."""
         self.settings = settings
+        self._clock = clock
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         self.ready = asyncio.Event()
@@ -51,6 +54,7 @@ class Bot:
         self.launcher: Any = None
         self.store: Any = None
         self.alerts: Any = None
+        self.cron: Any = None
         self._ctx: Any = None  # the BotContext, once `_start` has wired it
 
     def request_stop(self) -> None:
@@ -152,7 +156,13 @@ class Bot:
         from feishu_bot.claude.launcher import Launcher, LauncherConfig
         from feishu_bot.context import BotContext
         from feishu_bot.conversations import Conversations
-        from feishu_bot.dispatch import CARD_ACTION_EVENT, MENU_EVENT, MESSAGE_EVENT, Dispatcher
+        from feishu_bot.dispatch import (
+            CARD_ACTION_EVENT,
+            MENU_EVENT,
+            MESSAGE_EVENT,
+            RECALL_EVENT,
+            Dispatcher,
+        )
         from feishu_bot.feishu.access import AccessPolicy, RefusalLimiter
         from feishu_bot.feishu.gateway import FeishuGateway
         from feishu_bot.feishu.replier import FeishuReplier
@@ -208,14 +218,19 @@ class Bot:
         logger.info("bot identity: {} ({})", bot_info.get("app_name", "?"), bot_open_id)
 
         from feishu_bot.claude.mcp_feishu import SEND_FILE_TOOL, FeishuMcp, mcp_config_arg
+        from feishu_bot.handlers.cron import CRON_SYSTEM_PROMPT
+        from feishu_bot.spend import SpendPolicy
 
+        spend = SpendPolicy.from_settings(s, store)
         launcher = Launcher(
             LauncherConfig.from_settings(
                 s,
                 mcp_config=mcp_config_arg(),
                 allowed_tools=(*s.allowed_tools, SEND_FILE_TOOL),
+                system_prompt=CRON_SYSTEM_PROMPT,
             ),
             store,
+            gate=spend.gate if spend.limited else None,  # checked again as a turn leaves the queue
         )
         launcher.default_mcp = FeishuMcp(_no_turn_send)
         stack.push_async_callback(launcher.aclose)
@@ -228,7 +243,24 @@ class Bot:
         from feishu_bot.handlers.cards import card_services
 
         cards = card_services(s, store)  # signer, CardStreamFactory, ApprovalBroker, answers
-        conversations = Conversations(access=access, stream_factory=cards.stream_factory)
+        conversations = Conversations(
+            access=access,
+            stream_factory=cards.stream_factory,
+            spend=spend if spend.limited else None,
+        )
+        from feishu_bot.cron_runner import CronRunner
+        from feishu_bot.cron_schedule import zone
+
+        cron = CronRunner(
+            store=store,
+            conversations=conversations,
+            turns=turns,
+            access=access,
+            replier=replier,
+            tz=zone(s.CRON_TZ),
+            clock=self._clock,
+        )
+        self.cron = cron
         ctx = BotContext(
             settings=s,
             store=store,
@@ -241,6 +273,7 @@ class Bot:
             conversations=conversations,
             approvals=cards.broker,
             card_answers=cards.answers,
+            cron=cron,
         )
         conversations.bind(ctx)
         self._ctx = ctx
@@ -262,7 +295,7 @@ class Bot:
             domain=s.FEISHU_DOMAIN,
             on_event=dispatcher.handle,
             loop=loop,
-            forward_event_types=(MESSAGE_EVENT, CARD_ACTION_EVENT, MENU_EVENT),
+            forward_event_types=(MESSAGE_EVENT, CARD_ACTION_EVENT, MENU_EVENT, RECALL_EVENT),
         )
         self.gateway = gateway
         await gateway.start()
@@ -281,6 +314,10 @@ class Bot:
         stack.push_async_callback(_cancel_and_wait, pruning)
         alerting = loop.create_task(alerts.run(), name="alerts")
         stack.push_async_callback(_cancel_and_wait, alerting)
+        # After recovery and the connection: a run missed while the bot was down is made up.
+        scheduling = loop.create_task(cron.run(), name="cron")
+        stack.push_async_callback(cron.aclose)
+        stack.push_async_callback(_cancel_and_wait, scheduling)
         if s.FEISHU_ADMIN_CHAT:
             logger.info("alerts go to {}", s.FEISHU_ADMIN_CHAT)
 

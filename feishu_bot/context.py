@@ -38,6 +38,7 @@ class BotContext:
     # Optional services of the cards and files features (None: rules only / no MCP tools).
     approvals: Any = None
     card_answers: Any = None  # the answers of recent clicks, for redeliveries
+    cron: Any = None  # the CronRunner (/cron wakes it when jobs change)
 
     @property
     def uptime_s(self) -> float:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from feishu_bot import wording
-from feishu_bot.errors import ClaudeError, QueueFull, TurnTimeout
+from feishu_bot.errors import ClaudeError, QueueFull, TurnRefused, TurnTimeout
 from feishu_bot.events import Attachment, InboundMessage
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from feishu_bot.claude.scheduler import Ticket
     from feishu_bot.context import BotContext
     from feishu_bot.feishu.access import AccessPolicy
+    from feishu_bot.spend import SpendPolicy
     from feishu_bot.turns import TurnHandle
 
 __all__ = ["Conversations", "default_workdir", "split_key"]
@@ -67,10 +68,13 @@ class _Stopping:
 class Conversations:
     """Admits, runs, stops and recovers turns; see the module docstring."""
 
-    def __init__(self, *, access: AccessPolicy, stream_factory: Any) -> None:
+    def __init__(
+        self, *, access: AccessPolicy, stream_factory: Any, spend: SpendPolicy | None = None
+    ) -> None:
         self._ctx: BotContext | None = None
         self._access = access
         self._stream_factory = stream_factory
+        self._spend = spend  # daily limits, checked on arrival (the launcher checks again)
         self._accepting = True
 
     def bind(self, ctx: BotContext) -> None:
@@ -89,9 +93,20 @@ class Conversations:
     # ------------------------------------------------------------------ admission
     async def admit(self, msg: InboundMessage) -> str:
         """Take a message as a turn: fix its place, journal it, start it. Returns once the
-        journal row exists (the caller acks after that): "accepted", "duplicate", or "busy"
-        (the user is told)."""
+        journal row exists (the caller acks after that): "accepted", "duplicate", "busy" or
+        "refused" (over a spending limit; the user is told), or "feedback" (the text of a plan
+        card's requester while it waits: Keep planning with it, no turn)."""
         ctx = self.ctx
+        if self._plan_feedback(msg):
+            await ctx.store.mark_processed(msg.message_id)
+            return "feedback"
+        refusal = await self._spend.refusal(msg.sender_open_id) if self._spend else None
+        if refusal is not None:
+            if not await ctx.store.mark_processed(msg.message_id):
+                return "duplicate"
+            ctx.metrics.turn_finished("refused")
+            ctx.turns.spawn(self._reply(msg, refusal), name=f"refused:{msg.message_id}")
+            return "refused"
         try:
             ticket = ctx.launcher.reserve(
                 msg.conversation_key, msg.sender_open_id, count_rejection=False
@@ -113,6 +128,7 @@ class Conversations:
                 reply_in_thread=msg.in_thread,
                 sender_open_id=msg.sender_open_id,
                 attachments=msg.attachments,
+                quoted_message_id=msg.parent_id,
             )
         except BaseException:
             ctx.launcher.cancel_reservation(ticket)
@@ -130,9 +146,27 @@ class Conversations:
         handle = self.ctx.turns.admit(msg.conversation_key, msg.message_id, turn_id)
         self.ctx.turns.start(handle, self._turn(msg, handle, turn_id, ticket, card))
 
+    def _plan_feedback(self, msg: InboundMessage) -> bool:
+        """A text message of a plan's requester while its card waits becomes Keep planning
+        with that text (never a scheduled run's prompt)."""
+        broker = self.ctx.approvals
+        if broker is None or not msg.text or msg.attachments or msg.message_id.startswith("cron:"):
+            return False
+        return bool(broker.plan_feedback(msg.conversation_key, msg.sender_open_id, msg.text))
+
+    def _replier(self, message_id: str, key: str, prompt: str = "") -> Any:
+        """The bot's replier; for a scheduled run (it answers no message) one that posts into
+        the conversation's chat under a "scheduled" header."""
+        from feishu_bot.scheduled_reply import scheduled_replier
+
+        return scheduled_replier(
+            self.ctx.replier, message_id, key, prompt, self.ctx.settings.CRON_TZ
+        )
+
     async def _reply(self, msg: InboundMessage, text: str) -> None:
         try:
-            await self.ctx.replier.reply_text(msg.message_id, text, in_thread=msg.in_thread)
+            replier = self._replier(msg.message_id, msg.conversation_key, msg.text or "")
+            await replier.reply_text(msg.message_id, text, in_thread=msg.in_thread)
         except Exception:
             logger.exception("could not send a reply")
 
@@ -158,13 +192,24 @@ class Conversations:
             broker.stop_turn(key, turn_id)
         return self.ctx.turns.cancel_turn(handle, "stop")
 
+    def withdraw(self, key: str, turn_id: int) -> bool:
+        """Drop a turn whose message was recalled, if Claude has not started on it (no output
+        yet); its card says it was withdrawn. A running turn goes on: False."""
+        handle = self.ctx.turns.handle_of(key, turn_id)
+        if handle is None or handle.running:
+            return False
+        return self.ctx.turns.cancel_turn(handle, "recalled")
+
     # ------------------------------------------------------------------ one turn
-    def _new_stream(self, message_id: str, in_thread: bool, key: str, turn_id: int) -> Any:
+    def _new_stream(
+        self, message_id: str, in_thread: bool, key: str, turn_id: int, prompt: str = ""
+    ) -> Any:
         factory = self._stream_factory
+        replier = self._replier(message_id, key, prompt)
         if isinstance(factory, type):  # a plain ReplyStream class (tests, PATCH-only)
-            return factory(self.ctx.replier, message_id, in_thread=in_thread)
+            return factory(replier, message_id, in_thread=in_thread)
         return factory(
-            self.ctx.replier, message_id, in_thread=in_thread, conversation_key=key, turn_id=turn_id
+            replier, message_id, in_thread=in_thread, conversation_key=key, turn_id=turn_id
         )
 
     def _watch_ui(self, stream: Any, turn_id: int, card: str | None) -> None:
@@ -197,7 +242,7 @@ class Conversations:
         with logger.contextualize(conversation=msg.conversation_key, message_id=msg.message_id):
             try:
                 stream = self._new_stream(
-                    msg.message_id, msg.in_thread, msg.conversation_key, turn_id
+                    msg.message_id, msg.in_thread, msg.conversation_key, turn_id, msg.text or ""
                 )
                 self._watch_ui(stream, turn_id, card)
                 if not self._accepting:
@@ -224,6 +269,8 @@ class Conversations:
         reason = handle.cancel_reason or "shutdown"
         if reason == "stop":
             text, status = wording.STOPPED, "cancelled"
+        elif reason == "recalled":
+            text, status = wording.RECALLED, "cancelled"
         elif handle.running:
             text, status = wording.INTERRUPTED, "interrupted"
         else:
@@ -254,6 +301,8 @@ class Conversations:
         outcome = "deferred" if status == "queued" else status
         if isinstance(exc, TurnTimeout):
             outcome = "timeout"
+        elif isinstance(exc, TurnRefused):
+            outcome = "refused"
         self.ctx.metrics.turn_finished(outcome, error=exc)
         fields: dict[str, Any] = {"status": status, "error": error}
         if isinstance(exc, ClaudeError):
@@ -329,13 +378,15 @@ class Conversations:
             try:
                 if turn.card_message_id and self._stream_factory is not None:
                     stream = self._new_stream(
-                        turn.message_id, bool(turn.reply_in_thread), turn.conversation_key, turn.id
+                        turn.message_id, bool(turn.reply_in_thread), turn.conversation_key,
+                        turn.id, turn.prompt,
                     )
                     if hasattr(stream, "adopt"):
                         stream.adopt(turn.card_message_id)
                         await stream.fail(text)
                         return
-                await self.ctx.replier.reply_text(
+                replier = self._replier(turn.message_id, turn.conversation_key, turn.prompt)
+                await replier.reply_text(
                     turn.message_id, text, in_thread=bool(turn.reply_in_thread)
                 )
                 return
@@ -378,4 +429,5 @@ def _message_of(turn: Turn) -> InboundMessage:
         mentioned_bot=True,
         thread_root=thread_root,
         attachments=attachments,
+        parent_id=getattr(turn, "quoted_message_id", None),
     )

@@ -57,6 +57,7 @@ __all__ = ["RATE_LIMIT_CODES", "TOKEN_INVALID_CODES", "FeishuReplier"]
 
 TOKEN_INVALID_CODES = frozenset({99991661, 99991663})
 RATE_LIMIT_CODES = frozenset({99991400, 230020})
+RECALLED_CODE = 230011  # "The message is recalled."
 TOKEN_REFRESH_MARGIN = 600.0  # seconds before expiry at which a cached token is replaced
 
 _TOKEN_PATH = "/open-apis/auth/v3/tenant_access_token/internal"
@@ -162,19 +163,27 @@ class FeishuReplier:
         in_thread: bool = False,
         uuid: str | None = None,
     ) -> str:
-        """Reply to a message; returns the new message id. `uuid` dedupes across retries."""
+        """Reply to a message; returns the new message id. `uuid` dedupes across retries.
+        A message recalled meanwhile (its running turn goes on) is answered in its chat."""
         await self._pacer.wait(self._send_key(message_id))
-        body = await self._call(
-            "POST",
-            f"/open-apis/im/v1/messages/{message_id}/reply",
-            json={
-                "msg_type": msg_type,
-                "content": dumps(content),
-                "reply_in_thread": in_thread,
-                "uuid": uuid or _new_uuid(),
-            },
-            op="reply",
-        )
+        uuid = uuid or _new_uuid()
+        try:
+            body = await self._call(
+                "POST",
+                f"/open-apis/im/v1/messages/{message_id}/reply",
+                json={
+                    "msg_type": msg_type,
+                    "content": dumps(content),
+                    "reply_in_thread": in_thread,
+                    "uuid": uuid,
+                },
+                op="reply",
+            )
+        except FeishuApiError as exc:
+            chat_id = self._chat_of.get(message_id)
+            if exc.code != RECALLED_CODE or chat_id is None:
+                raise
+            return await self.send(chat_id, msg_type, content, uuid=uuid)
         new_id = _data_str(body, "message_id", "reply")
         self._learn_chat(body, message_id, new_id)
         return new_id

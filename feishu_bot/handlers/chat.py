@@ -24,6 +24,7 @@ from feishu_bot.events import (
     TurnResult,
 )
 from feishu_bot.handlers.attachments import prepare_turn_input, turn_mcp
+from feishu_bot.quoted import with_quote
 
 if TYPE_CHECKING:
     from feishu_bot.claude.scheduler import Ticket
@@ -89,6 +90,7 @@ async def run_chat_turn(
         user_id=msg.sender_open_id,
         allowed_rules=tuple(g.rule for g in grants if g.kind == "tool"),
         allowed_hosts=tuple(g.rule for g in grants if g.kind == "host"),
+        permission_mode=await ctx.store.permission_mode(msg.conversation_key),
     )
 
     seen_output = False
@@ -116,6 +118,10 @@ async def run_chat_turn(
         if event.kind == "text":
             # lazily: reading the whole text on every delta would make streaming quadratic
             await stream.update(lambda event=event: event.text)
+        elif event.kind == "result" and event.cost_usd:
+            # Journaled while the turn still holds its slot: the next turn the launcher lets
+            # in already counts it against the spending limits.
+            await ctx.store.update_turn(turn_id, cost_usd=event.cost_usd)
 
     await stream.started()
     try:
@@ -183,7 +189,8 @@ async def _turn_input(
 ) -> tuple[str, tuple[dict[str, Any], ...], Any]:
     """The prompt and extra content blocks (images, files) of this turn."""
     prepared = await prepare_turn_input(ctx, msg, workdir=workdir)
-    return prepared.prompt, tuple(prepared.content), getattr(prepared, "cleanup", None)
+    prompt = await with_quote(ctx, msg, prepared.prompt)  # the message it replies to, if any
+    return prompt, tuple(prepared.content), getattr(prepared, "cleanup", None)
 
 
 def _permission_for(ctx: BotContext, msg: InboundMessage, turn_id: int, stream: Any) -> Any:
