@@ -326,8 +326,10 @@ async def test_planted_settings_mcp_and_base_url_change_nothing(
 class Loose(SandboxPolicy):
     """The same sandbox without what makes the CLI ignore the working directory's settings."""
 
-    def cli_args(self, memory: str = "", scratch: Path | None = None) -> list[str]:
-        settings = self.settings(scratch)
+    def cli_args(
+        self, memory: str = "", scratch: Path | None = None, hosts: tuple[str, ...] = ()
+    ) -> list[str]:
+        settings = self.settings(scratch, hosts)
         del settings["disableAllHooks"]
         return ["--settings", json.dumps(settings)]
 
