@@ -9,6 +9,13 @@ settling a waiting approval first), answers where a conversation stands (`status
 what a crash left in the journal (checking access again), and owns each turn's reply from
 creation to its last word. The registry of turn tasks is its own.
 
+Issue 18's hooks at admission: a plan requester's text while the plan card waits is Keep
+planning with it (no turn); a sender or the bot over a daily spending limit is refused in one
+sentence (the launcher's gate checks again when the turn leaves the queue); a scheduled run
+(`cron_runner`, message id ``cron:<job>:<due>``) is admitted like a message and answered
+through `scheduled_replier` under its header; a recalled message's waiting turn is withdrawn
+(`withdraw`), a running one goes on.
+
 Invariants:
 - A turn's final journal state is written whatever is cancelled around it: the write is
   shielded and a second cancel does not skip it.

@@ -7,6 +7,8 @@ way it goes:
   nor run a tool, so a turn killed earlier is safe to run again after a crash); a journal
   write that fails raises JournalError, and the turn must then stop rather than risk running
   twice after a crash;
+- `record_cost(usd)` when the result event arrives, while the turn still holds its slot (the
+  next turn let in counts it against the spending limits); `succeed` sets the same value;
 - `succeed(result)`: journal `done` and the conversation's bookkeeping first (so whatever the
   user does after reading the answer already sees it), then deliver the answer;
 - `fail(exc)`, `cancel()`: journal the final state (shielded: a second /stop or a shutdown
