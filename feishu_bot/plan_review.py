@@ -170,4 +170,3 @@ def _mention(open_id: str) -> str:
 def _one_line(text: str, limit: int = 200) -> str:
     line = " ".join(text.split())
     return line if len(line) <= limit else line[: limit - 1] + "…"
-
