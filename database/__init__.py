@@ -9,6 +9,8 @@ from database.migrations import SCHEMA_VERSION, SchemaTooNewError
 from database.models import (
     PENDING_STATUSES,
     Conversation,
+    CronJob,
+    CronRun,
     PruneResult,
     SessionInfo,
     Turn,
@@ -21,6 +23,8 @@ __all__ = [
     "PENDING_STATUSES",
     "SCHEMA_VERSION",
     "Conversation",
+    "CronJob",
+    "CronRun",
     "PruneResult",
     "SchemaTooNewError",
     "SessionInfo",

@@ -115,3 +115,19 @@ class KeptMixin:
                 await cursor.close()
 
         return int(await self._write(body))
+
+    async def drop_kept_message(self, message_id: str) -> bool:
+        """Forget the attachments one message kept, if no text message has taken them yet
+        (its sender recalled it); True if there were some."""
+
+        async def body(conn: aiosqlite.Connection) -> int:
+            cursor = await conn.execute(
+                "DELETE FROM kept_attachments WHERE message_id = ? AND claimed_by IS NULL",
+                (message_id,),
+            )
+            try:
+                return int(cursor.rowcount)
+            finally:
+                await cursor.close()
+
+        return bool(await self._write(body))

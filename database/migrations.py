@@ -221,11 +221,54 @@ async def _v4_kept_attachments(conn: aiosqlite.Connection) -> None:
         await conn.execute(statement)
 
 
+_V5_STATEMENTS: Final = (
+    # Scheduled prompts (/cron). `handled_until` is the latest due time already run or skipped
+    # (epoch seconds), so a restart resumes after it; each run is also journaled as a turn with
+    # the message id 'cron:<job_id>:<due epoch>', which makes it exactly-once. `paused` holds
+    # why a job is paused (NULL = active). Failures in a row are counted among the job's runs
+    # due at or after `counted_since` (set again by /cron resume).
+    """
+    CREATE TABLE cron_jobs (
+        job_id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        conversation_key TEXT NOT NULL,
+        chat_id          TEXT NOT NULL,
+        creator_open_id  TEXT NOT NULL,
+        schedule         TEXT NOT NULL,
+        prompt           TEXT NOT NULL,
+        created_at       REAL NOT NULL,
+        handled_until    REAL NOT NULL,
+        counted_since    REAL NOT NULL,
+        paused           TEXT,
+        last_outcome     TEXT NOT NULL DEFAULT '',
+        last_outcome_at  REAL
+    )
+    """,
+    "CREATE INDEX cron_jobs_conversation ON cron_jobs (conversation_key, job_id)",
+    # A conversation's permission mode chosen with /mode (no row: CLAUDE_PERMISSION_MODE).
+    """
+    CREATE TABLE conversation_modes (
+        conversation_key TEXT PRIMARY KEY,
+        mode             TEXT NOT NULL
+    ) WITHOUT ROWID
+    """,
+    # The message a turn's message replied to (quoted), so a replayed turn fetches it again.
+    "ALTER TABLE turns ADD COLUMN quoted_message_id TEXT",
+    # Today's spend of one user (CLAUDE_USER_DAILY_USD) without scanning other users' turns.
+    "CREATE INDEX turns_sender_created ON turns (sender_open_id, created_at)",
+)
+
+
+async def _v5_cron_modes_quotes(conn: aiosqlite.Connection) -> None:
+    for statement in _V5_STATEMENTS:
+        await conn.execute(statement)
+
+
 STEPS: Final[tuple[Step, ...]] = (
     _v1_initial_schema,
     _v2_warm_cards_files,
     _v3_scoped_grants,
     _v4_kept_attachments,
+    _v5_cron_modes_quotes,
 )
 SCHEMA_VERSION: Final = len(STEPS)
 

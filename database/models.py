@@ -13,6 +13,8 @@ from typing import Final
 __all__ = [
     "PENDING_STATUSES",
     "Conversation",
+    "CronJob",
+    "CronRun",
     "Grant",
     "PruneResult",
     "SessionInfo",
@@ -84,6 +86,7 @@ class Turn:
     attachments: tuple[dict[str, object], ...] = ()  # kind/key/name/size, never bytes
     reaction_id: str | None = None
     card_message_id: str | None = None
+    quoted_message_id: str | None = None  # the message this one replied to, if any
 
 
 # -- sessions, statistics and retention (issue 12 hardening) -----------------------------------
@@ -143,3 +146,34 @@ class Grant:
     rule: str
     granted_by: str
     granted_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class CronJob:
+    """A scheduled prompt of one conversation (/cron). `schedule` is a five-field cron
+    expression, read in CRON_TZ by the bot (nothing here interprets it). `handled_until` is the
+    latest due time already run or skipped; `paused` says why the job is paused (None: it
+    runs); `last_outcome` is a one-line note of its latest run or skip, for /cron list."""
+
+    job_id: int
+    conversation_key: str
+    chat_id: str
+    creator_open_id: str
+    schedule: str
+    prompt: str
+    created_at: float
+    handled_until: float
+    counted_since: float
+    paused: str | None
+    last_outcome: str
+    last_outcome_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class CronRun:
+    """One run of a job as the turn journal has it (newest first from `cron_runs`)."""
+
+    due: float
+    status: TurnStatus
+    error: str | None
+    created_at: float

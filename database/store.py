@@ -15,7 +15,10 @@ What it holds:
 - through `database.grants.GrantsMixin`: standing permissions ("Always allow") per
   conversation;
 - through `database.kept.KeptMixin`: attachments sent without text, waiting for their
-  sender's next question.
+  sender's next question;
+- through `database.cron.CronMixin`: scheduled prompts and their runs;
+- through `database.modes.ModesMixin`: each conversation's permission mode (/mode);
+- through `database.spend.SpendMixin`: what turns cost since a time (spending limits).
 
 Invariants:
 - One logical operation at a time: an `asyncio.Lock` serialises operations on the
@@ -48,11 +51,14 @@ from typing import Any, Final, Self, TypeVar
 import aiosqlite
 
 from database.connection import BUSY_TIMEOUT_MS, busy_retrying, connect
+from database.cron import CronMixin
 from database.grants import GrantsMixin
 from database.history import HistoryMixin
 from database.kept import KeptMixin
 from database.migrations import migrate
 from database.models import PENDING_STATUSES, Conversation, Turn, TurnStatus
+from database.modes import ModesMixin
+from database.spend import SpendMixin
 
 __all__ = ["SessionStore", "StoreClosedError"]
 
@@ -66,7 +72,7 @@ _CONVERSATION_COLUMNS: Final = (
 _TURN_COLUMNS: Final = (
     "id, message_id, conversation_key, chat_id, prompt, reply_in_thread, status, attempts, "
     "exit_code, duration_ms, cost_usd, error, created_at, updated_at, sender_open_id, "
-    "attachments, reaction_id, card_message_id"
+    "attachments, reaction_id, card_message_id, quoted_message_id"
 )
 _STATUS_VALUES: Final = frozenset(status.value for status in TurnStatus)
 
@@ -117,6 +123,7 @@ def _turn(row: sqlite3.Row) -> Turn:
         attachments=tuple(json.loads(row["attachments"] or "[]")),
         reaction_id=row["reaction_id"],
         card_message_id=row["card_message_id"],
+        quoted_message_id=row["quoted_message_id"],
     )
 
 
@@ -128,7 +135,7 @@ async def _rowcount(conn: aiosqlite.Connection, sql: str, params: Iterable[Any])
         await cursor.close()
 
 
-class SessionStore(HistoryMixin, GrantsMixin, KeptMixin):
+class SessionStore(HistoryMixin, GrantsMixin, KeptMixin, CronMixin, ModesMixin, SpendMixin):
     """Conversations, processed message ids and the turn journal in one SQLite file.
 
     Build it with `await SessionStore.open(path)`; use it as an async context manager or call
@@ -343,6 +350,7 @@ class SessionStore(HistoryMixin, GrantsMixin, KeptMixin):
         reply_in_thread: bool,
         sender_open_id: str = "",
         attachments: Iterable[Any] = (),
+        quoted_message_id: str | None = None,
     ) -> int | None:
         """Record the message as processed and journal it as a 'queued' turn, atomically.
 
@@ -365,12 +373,12 @@ class SessionStore(HistoryMixin, GrantsMixin, KeptMixin):
                 return None
             rows = await conn.execute_fetchall(
                 "INSERT INTO turns (message_id, conversation_key, chat_id, prompt,"
-                " reply_in_thread, status, created_at, updated_at, sender_open_id, attachments)"
-                " VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)"
+                " reply_in_thread, status, created_at, updated_at, sender_open_id, attachments,"
+                " quoted_message_id) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)"
                 " ON CONFLICT (message_id) DO NOTHING RETURNING id",
                 (
                     message_id, conversation_key, chat_id, prompt, int(reply_in_thread),
-                    now, now, sender_open_id, attached,
+                    now, now, sender_open_id, attached, quoted_message_id,
                 ),
             )
             return next((int(row[0]) for row in rows), None)
@@ -453,6 +461,13 @@ class SessionStore(HistoryMixin, GrantsMixin, KeptMixin):
 
     async def get_turn(self, turn_id: int) -> Turn | None:
         rows = await self._fetchall(f"SELECT {_TURN_COLUMNS} FROM turns WHERE id = ?", (turn_id,))
+        return _turn(rows[0]) if rows else None
+
+    async def turn_of_message(self, message_id: str) -> Turn | None:
+        """The journal row of a message's turn, or None."""
+        rows = await self._fetchall(
+            f"SELECT {_TURN_COLUMNS} FROM turns WHERE message_id = ?", (message_id,)
+        )
         return _turn(rows[0]) if rows else None
 
     async def pending_turns(self) -> list[Turn]:

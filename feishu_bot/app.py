@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,9 +47,17 @@ class Bot:
     """One running bot. `run()` returns the process exit code. ``sandbox``: what the entry
     point found out about Claude Code's sandbox (detected at start when None)."""
 
-    def __init__(self, settings: Settings, *, sandbox: SandboxStatus | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        sandbox: SandboxStatus | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """`clock` (epoch seconds) is what scheduled prompts are timed by (tests move it)."""
         self.settings = settings
         self._sandbox = sandbox
+        self._clock = clock
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         self.ready = asyncio.Event()
@@ -57,6 +66,7 @@ class Bot:
         self.launcher: Any = None
         self.store: Any = None
         self.alerts: Any = None
+        self.cron: Any = None
         self._ctx: Any = None  # the BotContext, once `_start` has wired it
 
     def request_stop(self) -> None:
@@ -158,7 +168,13 @@ class Bot:
         from feishu_bot.claude.launcher import Launcher, LauncherConfig
         from feishu_bot.context import BotContext
         from feishu_bot.conversations import Conversations
-        from feishu_bot.dispatch import CARD_ACTION_EVENT, MENU_EVENT, MESSAGE_EVENT, Dispatcher
+        from feishu_bot.dispatch import (
+            CARD_ACTION_EVENT,
+            MENU_EVENT,
+            MESSAGE_EVENT,
+            RECALL_EVENT,
+            Dispatcher,
+        )
         from feishu_bot.feishu.access import AccessPolicy, RefusalLimiter
         from feishu_bot.feishu.gateway import FeishuGateway
         from feishu_bot.feishu.replier import FeishuReplier
@@ -219,16 +235,21 @@ class Bot:
         logger.info("bot identity: {} ({})", bot_info.get("app_name", "?"), bot_open_id)
 
         from feishu_bot.claude.mcp_feishu import SEND_FILE_TOOL, FeishuMcp, mcp_config_arg
+        from feishu_bot.handlers.cron import CRON_SYSTEM_PROMPT
+        from feishu_bot.spend import SpendPolicy
 
+        spend = SpendPolicy.from_settings(s, store)
         launcher = Launcher(
             LauncherConfig.from_settings(
                 s,
                 mcp_config=mcp_config_arg(),
                 allowed_tools=(*s.allowed_tools, SEND_FILE_TOOL),
                 sandbox=sandbox,
+                system_prompt=CRON_SYSTEM_PROMPT,
             ),
             store,
             default_mcp=FeishuMcp(_no_turn_send),
+            gate=spend.gate if spend.limited else None,  # checked again as a turn leaves the queue
         )
         stack.push_async_callback(launcher.aclose)
         self.launcher = launcher
@@ -253,7 +274,22 @@ class Bot:
             runner=runner,
             approvals=cards.broker,
             timeout_s=s.CLAUDE_TIMEOUT,
+            spend=spend if spend.limited else None,
+            cron_tz=s.CRON_TZ,
         )
+        from feishu_bot.cron_runner import CronRunner
+        from feishu_bot.cron_schedule import zone
+
+        cron = CronRunner(
+            store=store,
+            conversations=conversations,
+            turns=turns,
+            access=access,
+            replier=replier,
+            tz=zone(s.CRON_TZ),
+            clock=self._clock,
+        )
+        self.cron = cron
         ctx = BotContext(
             settings=s,
             store=store,
@@ -266,6 +302,7 @@ class Bot:
             metrics=metrics,
             approvals=cards.broker,
             card_answers=cards.answers,
+            cron=cron,
         )
         self._ctx = ctx
         dispatcher = Dispatcher(
@@ -286,7 +323,7 @@ class Bot:
             domain=s.FEISHU_DOMAIN,
             on_event=dispatcher.handle,
             loop=loop,
-            forward_event_types=(MESSAGE_EVENT, CARD_ACTION_EVENT, MENU_EVENT),
+            forward_event_types=(MESSAGE_EVENT, CARD_ACTION_EVENT, MENU_EVENT, RECALL_EVENT),
         )
         self.gateway = gateway
         await gateway.start()
@@ -305,6 +342,10 @@ class Bot:
         stack.push_async_callback(_cancel_and_wait, pruning)
         alerting = loop.create_task(alerts.run(), name="alerts")
         stack.push_async_callback(_cancel_and_wait, alerting)
+        # After recovery and the connection: a run missed while the bot was down is made up.
+        scheduling = loop.create_task(cron.run(), name="cron")
+        stack.push_async_callback(cron.aclose)
+        stack.push_async_callback(_cancel_and_wait, scheduling)
         if s.FEISHU_ADMIN_CHAT:
             logger.info("alerts go to {}", s.FEISHU_ADMIN_CHAT)
 

@@ -52,6 +52,7 @@ from feishu_bot.feishu.buttons import ButtonSigner, ButtonValue
 from feishu_bot.feishu.render import Block, Button, literal_mentions
 from feishu_bot.feishu.reply_sink import BlockSink
 from feishu_bot.keys import ConversationKey
+from feishu_bot.plan_review import EXIT_PLAN_MODE, PlanReview, working_mode
 
 __all__ = ["ASK_USER_QUESTION", "ApprovalBroker", "GrantStore", "summarize"]
 
@@ -73,7 +74,7 @@ class _Pending:
     """One request waiting for people. `changed` wakes its coroutine after every click."""
 
     request_id: str
-    kind: str  # "approval" | "question"
+    kind: str  # "approval" | "question" | "plan"
     conversation_key: str
     turn_id: int
     requester: str
@@ -85,6 +86,7 @@ class _Pending:
     questions: list[dict[str, Any]] = field(default_factory=list)
     answers: dict[int, tuple[str, str]] = field(default_factory=dict)  # q -> (label, operator)
     picked: dict[int, list[int]] = field(default_factory=dict)  # multi-select in progress
+    feedback: str = ""  # a plan's Keep planning sent as a message (plan_review)
 
     def settle(self, action: str, operator: str) -> None:
         if self.outcome is None:
@@ -92,8 +94,9 @@ class _Pending:
         self.changed.set()
 
 
-class ApprovalBroker:
-    """See the module docstring. One per app; `answer` is synchronous and never waits."""
+class ApprovalBroker(PlanReview):
+    """See the module docstring. One per app; `answer` is synchronous and never waits.
+    Plans (ExitPlanMode) are the `PlanReview` mixin's."""
 
     def __init__(
         self,
@@ -111,6 +114,7 @@ class ApprovalBroker:
         self._approvers = frozenset(a.strip() for a in approvers if a and a.strip())
         self._allowed = frozenset(t.strip() for t in allowed_tools if t and "(" not in t)
         self._bypass = permission_mode == "bypassPermissions"
+        self._working_mode = working_mode(permission_mode)
         self._timeout = timeout
         self._clock = clock
         self._pending: dict[str, _Pending] = {}
@@ -124,6 +128,10 @@ class ApprovalBroker:
         ReplySink: every sink shows blocks, on its card or as cards of their own)."""
 
         async def ask(request: PermissionRequest) -> PermissionDecision:
+            if request.tool_name == EXIT_PLAN_MODE:
+                return await self._ask_plan(
+                    conversation_key, turn_id, requester_open_id, stream, request
+                )
             if request.tool_name == ASK_USER_QUESTION and _questions(request.input):
                 return await self._ask_question(
                     conversation_key, turn_id, requester_open_id, stream, request
@@ -174,6 +182,8 @@ class ApprovalBroker:
             return "warning", f"Only {who} can answer this request."
         if pending.kind == "question":
             return self._answer_question(pending, value, operator_open_id)
+        if pending.kind == "plan":
+            return self._answer_plan(pending, value.action, operator_open_id)
         if value.action not in ("allow", "allow_always", "deny"):
             return "error", "This button does not fit this request. Nothing was done."
         tool = pending.request.tool_name

@@ -105,6 +105,17 @@ class Settings(BaseSettings):
     CLAUDE_SANDBOX_DOMAINS: Annotated[list[str], NoDecode] = list(DEFAULT_SANDBOX_DOMAINS)
     CLAUDE_SANDBOX_DENY_ENV: Annotated[list[str], NoDecode] = []
     CLAUDE_SANDBOX_AUTO_ALLOW: bool = True
+    # Spending limits per calendar day in CRON_TZ (USD, 0 = no limit): one user's turns, and
+    # the whole bot's.
+    CLAUDE_USER_DAILY_USD: float = Field(0.0, ge=0)
+    CLAUDE_DAILY_USD: float = Field(0.0, ge=0)
+    # The permission modes /mode may choose (bypassPermissions only if the operator lists it).
+    CLAUDE_ALLOWED_MODES: Annotated[list[str], NoDecode] = ["default", "acceptEdits", "plan"]
+
+    # Scheduled prompts (/cron): the zone their times are in ("" = the server's) and how many
+    # jobs one conversation may have.
+    CRON_TZ: str = ""
+    CRON_MAX_PER_CONVERSATION: int = Field(10, ge=0)
 
     DATABASE_PATH: Path = Path("./data/feishu_bot.db")
     SESSION_STALE_HOURS: float = Field(24.0, gt=0)
@@ -130,6 +141,7 @@ class Settings(BaseSettings):
         "FEISHU_APPROVERS",
         "CLAUDE_SANDBOX_DOMAINS",
         "CLAUDE_SANDBOX_DENY_ENV",
+        "CLAUDE_ALLOWED_MODES",
         mode="before",
     )
     @classmethod
@@ -232,6 +244,30 @@ class Settings(BaseSettings):
     def _permission_mode(cls, value: str) -> str:
         if value not in PERMISSION_MODES:
             raise ValueError(f"must be one of {', '.join(PERMISSION_MODES)}")
+        return value
+
+    @field_validator("CLAUDE_ALLOWED_MODES")
+    @classmethod
+    def _allowed_modes(cls, value: list[str]) -> list[str]:
+        unknown = [mode for mode in value if mode not in PERMISSION_MODES]
+        if unknown:
+            raise ValueError(
+                f"unknown mode {', '.join(unknown)}; each must be one of "
+                f"{', '.join(PERMISSION_MODES)}"
+            )
+        return value
+
+    @field_validator("CRON_TZ")
+    @classmethod
+    def _cron_tz(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError("not a known time zone (e.g. Asia/Shanghai, UTC)") from None
         return value
 
     @field_validator("LOG_LEVEL")

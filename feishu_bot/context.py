@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from feishu_bot.claude.launcher import Launcher
     from feishu_bot.config import Settings
     from feishu_bot.conversations import Conversations
+    from feishu_bot.cron_runner import CronRunner
     from feishu_bot.feishu.card_action import RecentAnswers
     from feishu_bot.feishu.replier import FeishuReplier
     from feishu_bot.turns import TurnRegistry
@@ -48,6 +49,7 @@ class BotContext:
     # None: tool requests are decided by the rules alone (nobody can be asked).
     approvals: ApprovalBroker | None = None
     card_answers: RecentAnswers | None = None  # the answers of recent clicks, for redeliveries
+    cron: CronRunner | None = None  # /cron wakes it when jobs change
     started_at: float = field(default_factory=time.monotonic)
 
     @property

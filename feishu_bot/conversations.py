@@ -9,6 +9,13 @@ settling a waiting approval first), answers where a conversation stands (`status
 what a crash left in the journal (checking access again), and owns each turn's reply from
 creation to its last word. The registry of turn tasks is its own.
 
+Issue 18's hooks at admission: a plan requester's text while the plan card waits is Keep
+planning with it (no turn); a sender or the bot over a daily spending limit is refused in one
+sentence (the launcher's gate checks again when the turn leaves the queue); a scheduled run
+(`cron_runner`, message id ``cron:<job>:<due>``) is admitted like a message and answered
+through `scheduled_replier` under its header; a recalled message's waiting turn is withdrawn
+(`withdraw`), a running one goes on.
+
 Invariants:
 - A turn's final journal state is written whatever is cancelled around it: the write is
   shielded and a second cancel does not skip it.
@@ -33,6 +40,7 @@ from feishu_bot import wording
 from feishu_bot.errors import QueueFull
 from feishu_bot.events import InboundMessage
 from feishu_bot.keys import ConversationKey
+from feishu_bot.scheduled_reply import scheduled_replier
 from feishu_bot.turn import Turn
 from feishu_bot.turn_input import attachments_from_items
 
@@ -47,6 +55,7 @@ if TYPE_CHECKING:
     from feishu_bot.feishu.replier import FeishuReplier
     from feishu_bot.feishu.reply_sink import ReplySink, ReplySinkFactory
     from feishu_bot.metrics import BotMetrics
+    from feishu_bot.spend import SpendPolicy
     from feishu_bot.turns import TurnHandle, TurnRegistry
 
 __all__ = ["Admission", "ConversationStatus", "Conversations", "Runner"]
@@ -60,6 +69,8 @@ class Admission(StrEnum):
     ACCEPTED = "accepted"
     DUPLICATE = "duplicate"
     BUSY = "busy"  # refused by the queue limits; the user was told
+    REFUSED = "refused"  # over a spending limit; the user was told
+    FEEDBACK = "feedback"  # a plan requester's text while the plan card waits: no turn
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +97,8 @@ class Conversations:
         runner: Runner,
         approvals: ApprovalBroker | None,
         timeout_s: float,
+        spend: SpendPolicy | None = None,
+        cron_tz: str = "",
     ) -> None:
         self._store = store
         self._replier = replier
@@ -97,6 +110,8 @@ class Conversations:
         self._runner = runner
         self._approvals = approvals
         self._timeout_s = timeout_s
+        self._spend = spend  # daily limits, checked on arrival (the launcher checks again)
+        self._cron_tz = cron_tz  # the zone a scheduled run's header names its due time in
         self._accepting = True
 
     def stop_accepting(self) -> None:
@@ -106,7 +121,19 @@ class Conversations:
     # ------------------------------------------------------------------ admission
     async def admit(self, msg: InboundMessage) -> Admission:
         """Take a message as a turn: fix its place, journal it, start it. Returns once the
-        journal row exists (the caller acks after that)."""
+        journal row exists (the caller acks after that). A plan requester's text while the
+        plan card waits is Keep planning with it (FEEDBACK, no turn); a sender or bot over a
+        spending limit is refused with one sentence (REFUSED)."""
+        if self._plan_feedback(msg):
+            await self._store.mark_processed(msg.message_id)
+            return Admission.FEEDBACK
+        refusal = await self._spend.refusal(msg.sender_open_id) if self._spend else None
+        if refusal is not None:
+            if not await self._store.mark_processed(msg.message_id):
+                return Admission.DUPLICATE
+            self._metrics.turn_finished("refused")
+            self._turns.spawn(self._reply(msg, refusal), name=f"refused:{msg.message_id}")
+            return Admission.REFUSED
         try:
             ticket = self._launcher.reserve(
                 msg.conversation_key, msg.sender_open_id, count_rejection=False
@@ -128,6 +155,7 @@ class Conversations:
                 reply_in_thread=msg.in_thread,
                 sender_open_id=msg.sender_open_id,
                 attachments=msg.attachments,
+                quoted_message_id=msg.parent_id,
             )
         except BaseException:
             self._launcher.cancel_reservation(ticket)
@@ -145,9 +173,23 @@ class Conversations:
         handle = self._turns.admit(msg.conversation_key, msg.message_id, turn_id)
         self._turns.start(handle, self._run(msg, handle, turn_id, ticket, card))
 
+    def _plan_feedback(self, msg: InboundMessage) -> bool:
+        """A text message of a plan's requester while its card waits becomes Keep planning
+        with that text (never a scheduled run's prompt)."""
+        broker = self._approvals
+        if broker is None or not msg.text or msg.attachments or msg.message_id.startswith("cron:"):
+            return False
+        return broker.plan_feedback(msg.conversation_key, msg.sender_open_id, msg.text)
+
+    def _replier_for(self, message_id: str, key: str, prompt: str = "") -> FeishuReplier:
+        """The bot's replier; for a scheduled run (it answers no message) one that posts into
+        the conversation's chat under a "scheduled" header."""
+        return scheduled_replier(self._replier, message_id, key, prompt, self._cron_tz)
+
     async def _reply(self, msg: InboundMessage, text: str) -> None:
         try:
-            await self._replier.reply_text(msg.message_id, text, in_thread=msg.in_thread)
+            replier = self._replier_for(msg.message_id, msg.conversation_key, msg.text or "")
+            await replier.reply_text(msg.message_id, text, in_thread=msg.in_thread)
         except Exception:
             logger.exception("could not send a reply")
 
@@ -171,15 +213,29 @@ class Conversations:
             self._approvals.stop_turn(key, turn_id)
         return self._turns.cancel_turn(handle, "stop")
 
+    def withdraw(self, key: str, turn_id: int) -> bool:
+        """Drop a turn whose message was recalled, if Claude has not started on it (no output
+        yet); its card says it was withdrawn. A running turn goes on: False."""
+        handle = self._turns.handle_of(key, turn_id)
+        if handle is None or handle.running:
+            return False
+        return self._turns.cancel_turn(handle, "recalled")
+
     def status(self, key: str) -> ConversationStatus:
         handles = self._turns.handles(key)
         running = any(h.running for h in handles)
         return ConversationStatus(running, len(handles) - (1 if running else 0))
 
     # ------------------------------------------------------------------ one turn
-    def _new_sink(self, message_id: str, in_thread: bool, key: str, turn_id: int) -> ReplySink:
+    def _new_sink(
+        self, message_id: str, in_thread: bool, key: str, turn_id: int, prompt: str = ""
+    ) -> ReplySink:
         return self._sinks(
-            self._replier, message_id, in_thread=in_thread, conversation_key=key, turn_id=turn_id
+            self._replier_for(message_id, key, prompt),
+            message_id,
+            in_thread=in_thread,
+            conversation_key=key,
+            turn_id=turn_id,
         )
 
     def _watch_ui(self, stream: ReplySink, turn_id: int, card: str | None) -> None:
@@ -207,7 +263,7 @@ class Conversations:
         with logger.contextualize(conversation=msg.conversation_key, message_id=msg.message_id):
             try:
                 stream = self._new_sink(
-                    msg.message_id, msg.in_thread, msg.conversation_key, turn_id
+                    msg.message_id, msg.in_thread, msg.conversation_key, turn_id, msg.text or ""
                 )
                 turn = Turn(
                     turn_id, msg, handle, stream, self._store, self._metrics, self._timeout_s
@@ -288,12 +344,14 @@ class Conversations:
             try:
                 if row.card_message_id:
                     stream = self._new_sink(
-                        row.message_id, bool(row.reply_in_thread), row.conversation_key, row.id
+                        row.message_id, bool(row.reply_in_thread), row.conversation_key, row.id,
+                        row.prompt,
                     )
                     stream.adopt(row.card_message_id)
                     await stream.fail(text)
                     return
-                await self._replier.reply_text(
+                replier = self._replier_for(row.message_id, row.conversation_key, row.prompt)
+                await replier.reply_text(
                     row.message_id, text, in_thread=bool(row.reply_in_thread)
                 )
                 return
@@ -324,4 +382,5 @@ def _message_of(row: JournalRow) -> InboundMessage:
         mentioned_bot=True,
         thread_root=key.thread_root,
         attachments=attachments,
+        parent_id=row.quoted_message_id,
     )

@@ -26,6 +26,7 @@ from feishu_bot.feishu.inbound import MalformedEvent, parse_message_event
 from feishu_bot.handlers.cards import handle_card_action, toast
 from feishu_bot.handlers.commands import parse_command, run_command
 from feishu_bot.handlers.menu import MENU_EVENT, MenuClick, P2pChats, parse_menu_event, run_menu
+from feishu_bot.handlers.recall import RECALL_EVENT, handle_recall
 from feishu_bot.turn_input import keep_attachments, needs_question
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ __all__ = [
     "CARD_ACTION_EVENT",
     "MENU_EVENT",
     "MESSAGE_EVENT",
+    "RECALL_EVENT",
     "DispatchCounters",
     "Dispatcher",
 ]
@@ -89,6 +91,10 @@ class Dispatcher:
         if event_type == MENU_EVENT:
             self.counters.menu_clicks += 1
             await self._menu(envelope)
+            return None
+        if event_type == RECALL_EVENT:
+            # Idempotent: if the journal fails, the ack says 500 and Feishu delivers it again.
+            await handle_recall(self._ctx, envelope)
             return None
         if event_type != MESSAGE_EVENT:
             logger.debug("dispatch: ignoring event type {}", event_type)

@@ -175,3 +175,14 @@ class AttachmentError(BotError):
 
 
 __all__ += ["AttachmentError"]
+
+
+class TurnRefused(BotError):
+    """A turn was refused before anything reached Claude (a spending limit): not a failure.
+
+    Like AttachmentError it carries its sentence as `str(exc)`: only the policy that refused
+    knows the limit and when it resets.
+    """
+
+
+__all__ += ["TurnRefused"]

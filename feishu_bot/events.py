@@ -74,6 +74,8 @@ class InboundMessage:
     thread_root: str | None = None
     create_time_ms: int = 0
     attachments: tuple[Attachment, ...] = ()
+    # The message this one replies to (quotes), when it is not just the topic's root.
+    parent_id: str | None = None
 
     @property
     def conversation_key(self) -> str:
@@ -101,6 +103,8 @@ class TurnRequest:
     # got each as a session rule when it was granted): permission rules and sandbox hosts.
     allowed_rules: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
+    # The conversation's permission mode (/mode); None: the launcher's configured one.
+    permission_mode: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +117,9 @@ class PermissionRequest:
     tool_use_id: str | None = None
     blocked_path: str | None = None
     suggestions: tuple[dict[str, Any], ...] = ()
+    # The tool's input as the model wrote it in its tool_use (measured on 2.1.329: an
+    # ExitPlanMode request carries {} when no plan file was written, the plan is only here).
+    model_input: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +160,7 @@ class ClaudeEvent:
     text: str = ""
     raw_type: str = ""
     detail: str = ""
+    cost_usd: float = 0.0  # "result": this turn's own cost (not a warm process's total)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,8 @@ way it goes:
   nor run a tool, so a turn killed earlier is safe to run again after a crash); a journal
   write that fails raises JournalError, and the turn must then stop rather than risk running
   twice after a crash;
+- `record_cost(usd)` when the result event arrives, while the turn still holds its slot (the
+  next turn let in counts it against the spending limits); `succeed` sets the same value;
 - `succeed(result)`: journal `done` and the conversation's bookkeeping first (so whatever the
   user does after reading the answer already sees it), then deliver the answer;
 - `fail(exc)`, `cancel()`: journal the final state (shielded: a second /stop or a shutdown
@@ -27,7 +29,7 @@ from loguru import logger
 
 from database.models import TurnStatus
 from feishu_bot import wording
-from feishu_bot.errors import ClaudeError, JournalError, QueueFull, TurnTimeout
+from feishu_bot.errors import ClaudeError, JournalError, QueueFull, TurnRefused, TurnTimeout
 
 if TYPE_CHECKING:
     from database.store import SessionStore
@@ -85,6 +87,15 @@ class Turn:
             logger.error("turn {}: could not journal 'running' ({!r})", self.turn_id, exc)
             raise JournalError(str(exc)) from exc
 
+    async def record_cost(self, cost_usd: float) -> None:
+        """The turn's own cost, from its result event: journaled while the turn still holds its
+        slot, so the next turn the launcher lets in already counts it against the spending
+        limits. `succeed` writes the same value again (a set, never added twice)."""
+        try:
+            await self.store.update_turn(self.turn_id, cost_usd=cost_usd)
+        except Exception:
+            logger.warning("turn {}: could not journal its cost", self.turn_id)
+
     async def succeed(self, result: TurnResult, *, resumed_from: str | None) -> None:
         """Journal DONE and the conversation's totals and session, then deliver the answer.
         A bookkeeping failure is logged, not raised: it must not turn a good answer into an
@@ -120,7 +131,7 @@ class Turn:
     async def fail(self, exc: Exception) -> None:
         """The turn ended with an error: journal it and tell the user in one sentence."""
         text, status = wording.describe_error(exc, timeout_s=self.timeout_s)
-        if isinstance(exc, ClaudeError | QueueFull | JournalError):
+        if isinstance(exc, ClaudeError | QueueFull | JournalError | TurnRefused):
             logger.warning("turn {} failed: {!r}", self.turn_id, exc)
         else:
             logger.exception("turn {} failed unexpectedly", self.turn_id)
@@ -132,6 +143,8 @@ class Turn:
         reason = self.handle.cancel_reason or "shutdown"
         if reason == "stop":
             text, status = wording.STOPPED, TurnStatus.CANCELLED
+        elif reason == "recalled":
+            text, status = wording.RECALLED, TurnStatus.CANCELLED
         elif self.handle.running:
             text, status = wording.INTERRUPTED, TurnStatus.INTERRUPTED
         else:
@@ -150,6 +163,8 @@ class Turn:
         outcome = "deferred" if status is TurnStatus.QUEUED else str(status)
         if isinstance(exc, TurnTimeout):
             outcome = "timeout"
+        elif isinstance(exc, TurnRefused):
+            outcome = "refused"
         self.metrics.turn_finished(outcome, error=exc)
         fields: dict[str, Any] = {"status": status, "error": error}
         if isinstance(exc, ClaudeError):

@@ -15,6 +15,7 @@ from feishu_bot.errors import (
     StaleSession,
     TransientCliError,
     TurnCancelled,
+    TurnRefused,
     TurnTimeout,
 )
 
@@ -35,6 +36,7 @@ __all__ = [
     "HISTORY_CUT",
     "INTERRUPTED",
     "MALFORMED",
+    "RECALLED",
     "REPLAY_REFUSED",
     "STALE_NOTICE",
     "STOPPED",
@@ -81,6 +83,7 @@ UNSUPPORTED = (
 EMPTY = "Your message was empty. Send me some text (or /help)."
 MALFORMED = "Sorry, I could not read that message. Please send it again as plain text."
 TOO_LONG = "Your message is too long ({size} characters; the limit is {limit}). Please shorten it."
+RECALLED = "Withdrawn: the message was recalled before Claude started on it, so it was not run."
 
 
 def bounded(text: str, limit: int = 80) -> str:
@@ -107,6 +110,8 @@ def describe_error(exc: BaseException, *, timeout_s: float = 0) -> tuple[str, st
 def _describe(exc: BaseException, timeout_s: float) -> tuple[str, str]:
     if isinstance(exc, AttachmentError):
         return str(exc), "failed"
+    if isinstance(exc, TurnRefused):
+        return str(exc), "cancelled"  # nothing ran: not a failure
     if isinstance(exc, JournalError):
         return (
             "The bot could not record that your request started (its database failed), so it "

@@ -14,7 +14,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
     for name in list(os.environ):
         if name.startswith(
-            ("FEISHU_", "CLAUDE_", "LOG_", "HEALTH_", "DATABASE_", "SESSION_", "ALERT_")
+            ("FEISHU_", "CLAUDE_", "LOG_", "HEALTH_", "DATABASE_", "SESSION_", "ALERT_", "CRON_")
         ):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
@@ -43,6 +43,9 @@ def test_defaults_are_the_documented_contract(monkeypatch: pytest.MonkeyPatch) -
         "codeload.github.com", "objects.githubusercontent.com", "raw.githubusercontent.com",
     ]
     assert s.FEISHU_APP_SECRET_FILE is None
+    assert (s.CLAUDE_USER_DAILY_USD, s.CLAUDE_DAILY_USD) == (0.0, 0.0)  # no limits
+    assert s.CLAUDE_ALLOWED_MODES == ["default", "acceptEdits", "plan"]
+    assert (s.CRON_TZ, s.CRON_MAX_PER_CONVERSATION) == ("", 10)  # the server's zone
 
 
 def test_missing_credentials_name_both_variables() -> None:
@@ -71,6 +74,12 @@ def test_missing_credentials_name_both_variables() -> None:
         ("CLAUDE_SANDBOX_DOMAINS", "pypi.org,https://evil.example/x"),
         ("CLAUDE_SANDBOX_DENY_ENV", "GOOD_NAME,bad-name"),
         ("CLAUDE_SANDBOX_AUTO_ALLOW", "perhaps"),
+        ("CLAUDE_USER_DAILY_USD", "-1"),
+        ("CLAUDE_DAILY_USD", "ten"),
+        ("CLAUDE_ALLOWED_MODES", "plan,yolo"),
+        ("CRON_TZ", "Mars/Olympus_Mons"),
+        ("CRON_TZ", "../etc/passwd"),
+        ("CRON_MAX_PER_CONVERSATION", "-2"),
     ],
 )
 def test_bad_values_name_the_variable(
@@ -206,3 +215,13 @@ def test_env_file_export_leaves_the_bots_own_settings_out(
     assert load_settings(tmp_path / ".env").FEISHU_APP_SECRET.get_secret_value() == (
         "never-exported-9"
     )
+
+
+def test_allowed_modes_and_cron_tz_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in BASE.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("CLAUDE_ALLOWED_MODES", " plan , bypassPermissions ")
+    monkeypatch.setenv("CRON_TZ", "Asia/Shanghai")
+    s = load_settings(None)
+    assert s.CLAUDE_ALLOWED_MODES == ["plan", "bypassPermissions"]
+    assert s.CRON_TZ == "Asia/Shanghai"

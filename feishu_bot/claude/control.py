@@ -92,6 +92,7 @@ class TurnState:
         self.paused_s = 0.0
         self.paused_at: float | None = None
         self.ask_changed = asyncio.Event()
+        self.tool_inputs: dict[str, dict[str, Any]] = {}  # tool_use id -> the model's input
 
     def note_side_effect(self, tool_use_id: str, tool: str, tool_input: dict[str, Any]) -> None:
         """Count a tool that is about to run (seen as ``tool_use`` or allowed by a person)."""
@@ -126,6 +127,9 @@ class ControlChannel:
     _handlers: dict[str, asyncio.Task[None]]
     _turn: TurnState | None
     default_mcp: McpHandler | None
+    # The permission mode the process is in: set at start, changed by an allowed "setMode"
+    # update (an approved plan) and by set_permission_mode.
+    permission_mode: str | None = None
 
     async def _write(self, obj: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -208,6 +212,7 @@ class ControlChannel:
                 request.get("blocked_path"), str) else None,
             suggestions=tuple(s for s in suggestions if isinstance(s, dict))
             if isinstance(suggestions, list) else (),
+            model_input=turn.tool_inputs.get(str(request.get("tool_use_id") or "")),
         )
         turn.pause(True)
         try:
@@ -218,6 +223,9 @@ class ControlChannel:
             allowed = decision.updated_input if decision.updated_input is not None else tool_input
             turn.note_side_effect(req.tool_use_id or req.request_id, tool, allowed)
             turn.attempt.retire |= decision.retire_after_turn
+            for update in decision.updated_permissions:
+                if update.get("type") == "setMode" and isinstance(update.get("mode"), str):
+                    self.permission_mode = update["mode"]
         return decision
 
     async def _mcp(self, turn: TurnState | None, request_id: str, request: dict[str, Any]) -> None:

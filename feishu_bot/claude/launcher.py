@@ -51,6 +51,7 @@ from feishu_bot.errors import (
     PermanentCliError,
     QueueFull,
     TurnCancelled,
+    TurnRefused,
     TurnTimeout,
 )
 from feishu_bot.events import AskPermission, ClaudeEvent, McpHandler, TurnRequest, TurnResult
@@ -83,10 +84,14 @@ class Launcher:
         *,
         sleep: SleepFn | None = None,
         default_mcp: McpHandler | None = None,
+        gate: Callable[[TurnRequest], Awaitable[None]] | None = None,
     ) -> None:
+        """`gate(request)` is awaited when a turn leaves the queue, before anything is written
+        to Claude; what it raises ends the turn there (a spending limit: `TurnRefused`)."""
         self._cfg = config
         # Answers MCP requests a process sends between turns (no turn's server to ask).
         self.default_mcp = default_mcp
+        self._gate = gate
         self._sessions = sessions
         self._sleep: SleepFn = sleep or asyncio.sleep
         self._sched = Scheduler(
@@ -181,6 +186,8 @@ class Launcher:
             self._n["timeouts"] += 1
             self._n["failed"] += 1
             raise
+        except TurnRefused:
+            raise  # refused before Claude saw it: not a failed turn
         except Exception:
             self._n["failed"] += 1
             raise
@@ -310,6 +317,18 @@ class Launcher:
                 await on_event(event)
 
         try:
+            if self._gate is not None:
+                # Inside the try: a refusal hands the slot (and a warm process) back as usual.
+                await self._gate(req)
+            if session is not None and not await session.set_permission_mode(
+                req.permission_mode or self._cfg.permission_mode
+            ):
+                # A warm process left in another mode (an approved plan) that cannot be
+                # switched back: start one in the conversation's mode instead.
+                await session.close()
+                if self._live.get(key) is session:
+                    del self._live[key]
+                session = None
             while True:
                 attempts += 1
                 if session is None or not session.alive:
@@ -449,8 +468,8 @@ class Launcher:
         session = CliSession(
             req.conversation_key,
             cli_argv(
-                self._cfg, resume, req.model, req.allowed_rules, memory=memory, scratch=scratch,
-                hosts=req.allowed_hosts,
+                self._cfg, resume, req.model, req.allowed_rules, req.permission_mode,
+                memory=memory, scratch=scratch, hosts=req.allowed_hosts,
             ),
             cwd=workdir,
             env=env,
@@ -464,6 +483,7 @@ class Launcher:
         )
         session.default_mcp = self.default_mcp
         session.origin = resume
+        session.permission_mode = req.permission_mode or self._cfg.permission_mode
         try:
             await session.start()
         except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:

@@ -9,7 +9,17 @@ if TYPE_CHECKING:
     from feishu_bot.claude.sandbox import SandboxPolicy
     from feishu_bot.config import Settings
 
-__all__ = ["LauncherConfig", "LauncherStats", "RunningTurn", "SessionBinding"]
+__all__ = [
+    "SCHEDULING_TOOLS",
+    "LauncherConfig",
+    "LauncherStats",
+    "RunningTurn",
+    "SessionBinding",
+]
+
+# The CLI's own scheduling tools (2.1.329) wake a live session with turns nobody sent; the bot
+# schedules through /cron instead, so every CLI it runs has them disallowed.
+SCHEDULING_TOOLS = ("CronCreate", "CronDelete", "CronList", "ScheduleWakeup")
 
 
 class SessionBinding(Protocol):
@@ -48,6 +58,8 @@ class LauncherConfig:
     warm: bool = True
     idle_timeout: float = 1800.0
     mcp_config: str | None = None  # JSON for --mcp-config (in-process SDK servers)
+    disallowed_tools: tuple[str, ...] = SCHEDULING_TOOLS
+    system_prompt: str = ""  # --append-system-prompt (measured: a second one replaces it)
     # Claude Code's sandbox around every process (None or not enabled: commands unconfined).
     sandbox: SandboxPolicy | None = None
 

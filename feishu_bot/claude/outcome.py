@@ -30,6 +30,7 @@ def cli_argv(
     resume: ResumePoint,
     model: str | None,
     rules: tuple[str, ...] = (),
+    mode: str | None = None,
     *,
     memory: str = "",
     scratch: Path | None = None,
@@ -37,9 +38,11 @@ def cli_argv(
 ) -> list[str]:
     """``claude`` in stream-json mode, resuming ``resume`` (forked) when it names a session;
     ``rules`` are the conversation's granted permission rules, matched by the CLI itself;
+    ``mode`` the conversation's permission mode (default: the configured one);
     sandboxed when ``cfg.sandbox`` is on (``memory``: the directory's CLAUDE.md text, which
     the sandbox's settings sources no longer load; ``scratch``: the process's TMPDIR;
-    ``hosts``: the conversation's network grants)."""
+    ``hosts``: the conversation's network grants). The bot's own system prompt and the memory
+    go in ONE ``--append-system-prompt`` (measured: the CLI keeps only the last one)."""
     argv = [
         cfg.bin, "--input-format", "stream-json", "--output-format", "stream-json",
         "--verbose", "--permission-prompt-tool", "stdio",
@@ -52,19 +55,24 @@ def cli_argv(
             argv += ["--resume-session-at", resume.at_uuid]
         if cfg.fork_session:
             argv.append("--fork-session")
-    if cfg.permission_mode:
-        argv += ["--permission-mode", cfg.permission_mode]
+    if mode or cfg.permission_mode:
+        argv += ["--permission-mode", mode or cfg.permission_mode]
     allowed = tuple(dict.fromkeys((*cfg.allowed_tools, *rules)))
     if allowed:
         # One comma-joined value: the option is variadic and would swallow later words.
         argv += ["--allowedTools", ",".join(allowed)]
     if cfg.mcp_config:
         argv += ["--mcp-config", cfg.mcp_config]
+    if cfg.disallowed_tools:
+        argv += ["--disallowedTools", ",".join(cfg.disallowed_tools)]
     model = model or cfg.model
     if model:
         argv += ["--model", model]
-    if cfg.sandbox is not None:
-        argv += cfg.sandbox.cli_args(memory, scratch, hosts)
+    prompt = "\n\n".join(text for text in (cfg.system_prompt, memory) if text)
+    if cfg.sandbox is not None and cfg.sandbox.enabled:
+        argv += cfg.sandbox.cli_args(prompt, scratch, hosts)
+    elif prompt:
+        argv += ["--append-system-prompt", prompt]
     return argv
 
 

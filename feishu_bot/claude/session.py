@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
 import time
 import uuid
@@ -285,6 +286,26 @@ class CliSession(ControlChannel):
             await self.kill()
             return
 
+    async def set_permission_mode(self, mode: str | None) -> bool:
+        """Put the idle process into `mode` (the CLI's ``set_permission_mode`` control
+        request; measured on 2.1.329: answered with the new mode). True once it is in that
+        mode; False if the CLI refused or did not answer (the caller starts a new process)."""
+        if not mode or mode == self.permission_mode:
+            return True
+        try:
+            async with asyncio.timeout(self.interrupt_grace):
+                answer = await self._control(
+                    {"subtype": "set_permission_mode", "mode": mode}, wait=True
+                )
+        except (TimeoutError, OSError, AssertionError) as exc:
+            logger.warning("claude pid={} did not change to mode {}: {!r}", self.pid, mode, exc)
+            return False
+        if not answer or answer.get("subtype") != "success":
+            logger.warning("claude pid={} refused mode {}: {}", self.pid, mode, answer)
+            return False
+        self.permission_mode = mode
+        return True
+
     # ------------------------------------------------------------------ stdin
     async def _write(self, obj: dict[str, Any]) -> None:
         """One JSON line. Images waiting on disk (`ImageFile`) are streamed into it as base64
@@ -388,7 +409,15 @@ class CliSession(ControlChannel):
             self._auth_refusal = refusal
             turn.ask_changed.set()  # wakes _until_done
         self._observe(turn, obj)
+        ends = kind == "result" and not turn.done.done()
+        if ends:
+            # Known before the callbacks run, so the owner can journal it while the turn still
+            # holds its slot (a turn let in next then counts it against spending limits).
+            turn.attempt.cost_usd = self._result_cost(obj) + self._unclaimed_cost
+            self._unclaimed_cost = 0.0
         for event in turn.attempt.parser.feed_object(obj):
+            if ends and event.kind == "result":
+                event = dataclasses.replace(event, cost_usd=round(turn.attempt.cost_usd, 6))
             if event.kind == "init" and event.session_id:
                 self.session_id = event.session_id
             if event.kind == "text" and turn.attempt.first_text_s is None:
@@ -398,9 +427,7 @@ class CliSession(ControlChannel):
                     await turn.on_event(event)
                 except Exception:
                     logger.exception("turn event callback failed")
-        if kind == "result" and not turn.done.done():
-            turn.attempt.cost_usd = self._result_cost(obj) + self._unclaimed_cost
-            self._unclaimed_cost = 0.0
+        if ends and not turn.done.done():
             turn.done.set_result(None)
 
     def _observe(self, turn: TurnState, obj: dict[str, Any]) -> None:
@@ -423,6 +450,8 @@ class CliSession(ControlChannel):
             if isinstance(block, dict) and block.get("type") == "tool_use":
                 name = str(block.get("name", "?"))
                 tool_input = block.get("input")
+                if isinstance(tool_input, dict):
+                    turn.tool_inputs[str(block.get("id"))] = tool_input
                 turn.note_side_effect(
                     str(block.get("id")), name, tool_input if isinstance(tool_input, dict) else {}
                 )

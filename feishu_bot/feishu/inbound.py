@@ -87,6 +87,7 @@ def parse_message_event(envelope: dict[str, Any], bot_open_id: str) -> InboundMe
     - anything else: `text=None`, `msg_type` set; its content is not inspected.
     - `thread_root` is set only for messages in a thread/topic (`thread_id` present): the
       `root_id`, or the message's own id when it is the topic's first message.
+    - `parent_id` is the message this one replies to (quotes), except a topic's own root.
 
     Raises MalformedEvent (and nothing else) for missing fields, wrong types or content that is
     not a JSON object.
@@ -120,6 +121,11 @@ def _parse(envelope: Any, bot_open_id: str) -> InboundMessage:
     thread_id = _opt_str(message, "thread_id")
     root_id = _opt_str(message, "root_id")
     thread_root = (root_id or message_id) if thread_id else None
+    # A reply quotes its parent; in a topic the parent is often just the topic's root, which
+    # is the start of this conversation rather than a quote.
+    parent_id = _opt_str(message, "parent_id")
+    if parent_id == message_id or (thread_id and parent_id == thread_root):
+        parent_id = None
 
     mentions = _mentions(message.get("mentions"))
     mentioned_bot = bool(bot_open_id) and any(m[1] == bot_open_id for m in mentions)
@@ -146,6 +152,7 @@ def _parse(envelope: Any, bot_open_id: str) -> InboundMessage:
         thread_root=thread_root,
         create_time_ms=create_time_ms,
         attachments=attachments,
+        parent_id=parent_id,
     )
 
 

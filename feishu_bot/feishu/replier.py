@@ -57,6 +57,7 @@ __all__ = ["RATE_LIMIT_CODES", "TOKEN_INVALID_CODES", "FeishuReplier"]
 
 TOKEN_INVALID_CODES = frozenset({99991661, 99991663})
 RATE_LIMIT_CODES = frozenset({99991400, 230020})
+RECALLED_CODE = 230011  # "The message is recalled."
 TOKEN_REFRESH_MARGIN = 600.0  # seconds before expiry at which a cached token is replaced
 
 _TOKEN_PATH = "/open-apis/auth/v3/tenant_access_token/internal"
@@ -162,19 +163,27 @@ class FeishuReplier(CardKitCalls):
         in_thread: bool = False,
         uuid: str | None = None,
     ) -> str:
-        """Reply to a message; returns the new message id. `uuid` dedupes across retries."""
+        """Reply to a message; returns the new message id. `uuid` dedupes across retries.
+        A message recalled meanwhile (its running turn goes on) is answered in its chat."""
         await self._pacer.wait(self._send_key(message_id))
-        body = await self._call(
-            "POST",
-            f"/open-apis/im/v1/messages/{message_id}/reply",
-            json={
-                "msg_type": msg_type,
-                "content": dumps(content),
-                "reply_in_thread": in_thread,
-                "uuid": uuid or new_uuid(),
-            },
-            op="reply",
-        )
+        uuid = uuid or new_uuid()
+        try:
+            body = await self._call(
+                "POST",
+                f"/open-apis/im/v1/messages/{message_id}/reply",
+                json={
+                    "msg_type": msg_type,
+                    "content": dumps(content),
+                    "reply_in_thread": in_thread,
+                    "uuid": uuid,
+                },
+                op="reply",
+            )
+        except FeishuApiError as exc:
+            chat_id = self._chat_of.get(message_id)
+            if exc.code != RECALLED_CODE or chat_id is None:
+                raise
+            return await self.send(chat_id, msg_type, content, uuid=uuid)
         new_id = data_str(body, "message_id", "reply")
         self._learn_chat(body, message_id, new_id)
         return new_id
@@ -221,6 +230,22 @@ class FeishuReplier(CardKitCalls):
             json={"content": dumps(content)},
             op="patch",
         )
+
+    async def get_message(self, message_id: str) -> dict[str, Any]:
+        """One message (`data.items[0]`: msg_type, body.content, sender, deleted, …), the
+        bot's CardKit cards as their content (``card_msg_content_type=user_card_content``).
+        Other users' group messages need the scope im:message.group_msg (else 230027)."""
+        body = await self._call(
+            "GET",
+            f"/open-apis/im/v1/messages/{message_id}",
+            params={"card_msg_content_type": "user_card_content"},
+            op="get_message",
+        )
+        data = body.get("data")
+        items = data.get("items") if isinstance(data, dict) else None
+        if not isinstance(items, list) or not items or not isinstance(items[0], dict):
+            raise FeishuApiError("get_message: the answer holds no message", status=200)
+        return items[0]
 
     async def add_reaction(self, message_id: str, emoji_type: str) -> str:
         """Add an emoji reaction; returns the reaction id (needed to remove it)."""

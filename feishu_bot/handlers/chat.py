@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from feishu_bot.errors import JournalError
 from feishu_bot.events import ClaudeEvent, TurnRequest, TurnResult
 from feishu_bot.keys import default_workdir
+from feishu_bot.quoted import with_quote
 from feishu_bot.turn_input import prepare_turn_input, turn_mcp
 
 if TYPE_CHECKING:
@@ -59,10 +60,12 @@ class ChatRunner:
         workdir = Path(conv.workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         prepared = await prepare_turn_input(self, msg, workdir=workdir)
+        # The message it replies to, if any, goes before the user's words.
+        prompt = await with_quote(self, msg, prepared.prompt)
         grants = await self.store.list_grants(msg.conversation_key)
         request = TurnRequest(
             conversation_key=msg.conversation_key,
-            prompt=prepared.prompt,
+            prompt=prompt,
             workdir=workdir,
             session_id=conv.session_id,
             model=conv.model or self.settings.CLAUDE_MODEL or None,
@@ -70,6 +73,7 @@ class ChatRunner:
             user_id=msg.sender_open_id,
             allowed_rules=tuple(g.rule for g in grants if g.kind == "tool"),
             allowed_hosts=tuple(g.rule for g in grants if g.kind == "host"),
+            permission_mode=await self.store.permission_mode(msg.conversation_key),
         )
         journal_error: list[JournalError] = []
         run: asyncio.Future[TurnResult] | None = None
@@ -87,6 +91,10 @@ class ChatRunner:
             if event.kind == "text":
                 # lazily: reading the whole text on every delta would make streaming quadratic
                 await stream.update(lambda event=event: event.text)
+            elif event.kind == "result" and event.cost_usd:
+                # Journaled while the turn still holds its slot: the next turn the launcher
+                # lets in already counts it against the spending limits.
+                await turn.record_cost(event.cost_usd)
 
         ask = None
         if self.approvals is not None:

@@ -13,9 +13,12 @@ from typing import TYPE_CHECKING
 
 from feishu_bot import wording
 from feishu_bot.events import InboundMessage
+from feishu_bot.handlers.cron import cmd_cron
+from feishu_bot.handlers.mode import cmd_mode, effective_mode
 from feishu_bot.handlers.permission_commands import cmd_permissions
 from feishu_bot.handlers.session_commands import cmd_resume, cmd_sessions, cmd_stats
 from feishu_bot.keys import default_workdir
+from feishu_bot.spend import SpendPolicy
 from feishu_bot.turn_input import drop_kept
 
 if TYPE_CHECKING:
@@ -41,11 +44,12 @@ async def cmd_help(ctx: BotContext, msg: InboundMessage, args: str) -> str:
 
 
 async def reset_conversation(ctx: BotContext, key: str) -> None:
-    """/new and the New session button: close the process, forget the session, the grants
-    and what was kept."""
+    """/new and the New session button: close the process, forget the session, the grants,
+    the /mode choice and what was kept (scheduled prompts stay)."""
     await ctx.launcher.close_session(key)
     await ctx.store.clear_session(key)
     await ctx.store.clear_grants(key)
+    await ctx.store.set_permission_mode(key, None)
     await drop_kept(ctx, key)
 
 
@@ -85,6 +89,8 @@ async def cmd_status(ctx: BotContext, msg: InboundMessage, args: str) -> str:
         msg.conversation_key) else "none (the next message starts one)"
     model = (conv.model if conv else None) or ctx.settings.CLAUDE_MODEL or "CLI default"
     turns, cost = (conv.turn_count, conv.total_cost_usd) if conv else (0, 0.0)
+    mode, chosen = await effective_mode(ctx, msg.conversation_key)
+    spent = await SpendPolicy.from_settings(ctx.settings, ctx.store).summary(msg.sender_open_id)
     gateway = ctx.gateway_status()
     ws = "connected" if gateway.connected else "disconnected"
     lines = [
@@ -93,11 +99,13 @@ async def cmd_status(ctx: BotContext, msg: InboundMessage, args: str) -> str:
         f"• state: {state}",
         f"• working directory: {conv.workdir if conv else ctx.workdir_root}",
         f"• model: {model}",
+        f"• permission mode: {mode}{' (/mode)' if chosen else ''}",
         f"• claude process: {warm}",
         f"• always allowed here: {allowed or 'nothing (commands are asked for)'}"
         " (/permissions)",
         _sandbox_line(ctx),
         f"• turns: {turns}, cost ${cost:.4f}",
+        f"• {spent}",
         f"Bot: {stats.active}/{stats.max_concurrent} running, {stats.warm_idle} warm idle, "
         f"{stats.queued} queued, "
         f"uptime {wording.duration(ctx.uptime_s)}, websocket {ws}",
@@ -246,6 +254,8 @@ COMMANDS: dict[str, tuple[CommandFn, str]] = {
     "resume": (cmd_resume, "switch back to session N from /sessions"),
     "stats": (cmd_stats, "turns, success rate, median time and cost, today and in total"),
     "permissions": (cmd_permissions, "what is always allowed here; /permissions rm N removes one"),
+    "mode": (cmd_mode, "permission mode here: default, acceptEdits or plan (plan, then approve)"),
+    "cron": (cmd_cron, "scheduled prompts: /cron add <m h dom mon dow> <prompt>, list, rm, pause"),
 }
 
 

@@ -81,4 +81,8 @@ async def cmd_stats(ctx: BotContext, msg: InboundMessage, args: str) -> str:
         total = await ctx.store.turn_stats(who, since=None)
         lines.append(_summary(f"{label}, today", today))
         lines.append(_summary(f"{label}, total", total))
+    from feishu_bot.spend import SpendPolicy
+
+    lines.append(await SpendPolicy.from_settings(ctx.settings, ctx.store).summary(
+        msg.sender_open_id))
     return "\n".join(lines)

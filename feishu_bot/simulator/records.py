@@ -86,7 +86,8 @@ class UserMessage:
     parent_id: str | None = None
     thread_id: str | None = None
     created_at: float = field(default_factory=time.time)
-    deleted: bool = False
+    deleted: bool = False  # recalled (`FeishuSimulator.recall`)
+    mentions: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(slots=True)

@@ -11,6 +11,7 @@ The simulator never imports the bot's own modules nor lark_oapi.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,7 @@ from .envelopes import (
 )
 from .faults import FaultRule, Faults
 from .media import SimMedia
+from .messages import MESSAGE_RECALLED, MessageReads, build_recall_event
 from .options import SimOptions
 from .records import (
     AckRecord,
@@ -101,6 +103,8 @@ class FeishuSimulator:
         # Message resources and uploads (images, files): `media.push_image(...)`, `media.uploads`.
         self.media = SimMedia(self.options, self.records, self.push_message)
         self.rest.media = self.media
+        # GET of a message; `reads.group_msg_scope = False` takes im:message.group_msg away.
+        self.reads = MessageReads(self.options, self.records)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -119,7 +123,11 @@ class FeishuSimulator:
         # 40 MB: file uploads may be 30 MB (the limit is checked by the handler, with its code).
         app = web.Application(middlewares=[self._middleware], client_max_size=40 * 1024 * 1024)
         app.add_routes(
-            self.hub.routes() + self.rest.routes() + self.cardkit.routes() + self.media.routes()
+            self.hub.routes()
+            + self.rest.routes()
+            + self.cardkit.routes()
+            + self.media.routes()
+            + self.reads.routes()
         )
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
@@ -295,9 +303,21 @@ class FeishuSimulator:
             root_id=root_id,
             parent_id=parent_id,
             thread_id=thread_id,
+            mentions=all_mentions,
         )
         await self.hub.push(envelope, fragments)
         return message_id
+
+    async def recall(self, message_id: str) -> str:
+        """The sender recalls a message pushed with `push_message`: it reads as deleted from
+        now on, its reactions are gone, and an ``im.message.recalled_v1`` event is pushed.
+        Returns the event_id."""
+        msg = self.records.user_messages[message_id]
+        msg.deleted = True
+        for reaction in self.live_reactions(message_id):  # they go with the message
+            reaction.removed_at = time.time()
+        await self.records.changed()
+        return await self.push_event(MESSAGE_RECALLED, build_recall_event(message_id, msg.chat_id))
 
     async def push_event(
         self,

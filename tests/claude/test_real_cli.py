@@ -373,14 +373,19 @@ async def test_a_warm_turn_costs_its_own_share_not_the_processes_running_total(
     """Regression (safe controls #16): total_cost_usd of a warm process is its running total,
     so the second of two equal turns was recorded at about twice the first."""
     launcher = real_launcher()
+    events = EventRecorder()
     first = await launcher.run(request(workdir, "same size question one"))
     second = await launcher.run(
-        request(workdir, "same size question two", session_id=first.session_id)
+        request(workdir, "same size question two", session_id=first.session_id),
+        on_event=events,
     )
     assert len(cli_pids(home)) == 1  # one warm process for both
     assert first.cost_usd > 0 and second.cost_usd > 0
     # the second request carries the first exchange, so it costs a bit more, never double
     assert second.cost_usd < 1.6 * first.cost_usd
+    # the turn's own cost also rides on its "result" event (journaled while it holds its slot)
+    [result] = [e for e in events.events if e.kind == "result"]
+    assert result.cost_usd == second.cost_usd
 
 
 async def test_a_permanent_api_error_does_not_poison_the_conversation(

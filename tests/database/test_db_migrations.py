@@ -40,7 +40,7 @@ async def test_empty_file_is_migrated_to_the_current_version(db_path: Path):
     async with await SessionStore.open(db_path):
         pass
     assert db_path.parent.is_dir()
-    assert user_version(db_path) == SCHEMA_VERSION == len(STEPS) == 4
+    assert user_version(db_path) == SCHEMA_VERSION == len(STEPS) == 5
     assert schema_objects(db_path) >= {
         ("table", "conversations"),
         ("table", "processed_messages"),
@@ -54,6 +54,10 @@ async def test_empty_file_is_migrated_to_the_current_version(db_path: Path):
         ("table", "kept_attachments"),
         ("table", "sessions"),
         ("index", "sessions_conversation"),
+        ("table", "cron_jobs"),
+        ("index", "cron_jobs_conversation"),
+        ("table", "conversation_modes"),
+        ("index", "turns_sender_created"),
     }
 
 

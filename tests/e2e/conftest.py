@@ -64,7 +64,9 @@ async def start_bot(
         monkeypatch.setenv(name, value)
     running: list[RunningBot] = []
 
-    async def start(*, fake_cli: bool = False, **overrides: Any) -> RunningBot:
+    async def start(
+        *, fake_cli: bool = False, clock: Callable[[], float] | None = None, **overrides: Any
+    ) -> RunningBot:
         values: dict[str, Any] = {
             "FEISHU_APP_ID": sim.options.app_id,
             "FEISHU_APP_SECRET": sim.options.app_secret,
@@ -89,7 +91,7 @@ async def start_bot(
             secrets=[settings.FEISHU_APP_SECRET.get_secret_value()],
             stderr=logs,
         )
-        bot = Bot(settings)
+        bot = Bot(settings) if clock is None else Bot(settings, clock=clock)
         task = asyncio.create_task(bot.run(), name="bot")
         ready = asyncio.create_task(bot.ready.wait())
         await asyncio.wait({task, ready}, timeout=90, return_when=asyncio.FIRST_COMPLETED)

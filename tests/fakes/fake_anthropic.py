@@ -16,8 +16,9 @@ Usage::
 
 Behaviours (one per ``POST /v1/messages``):
 
-- ``Reply(text=None, chunks=3, delay=0, chunk_delay=0)``: a normal answer, streamed in
-  ``chunks`` text deltas; ``text=None`` echoes the last user text as ``"echo: <text>"``.
+- ``Reply(text=None, chunks=3, delay=0, chunk_delay=0, release=None)``: a normal answer,
+  streamed in ``chunks`` text deltas (after ``release`` is set, when given); ``text=None``
+  echoes the last user text as ``"echo: <text>"``.
 - ``ToolUse(name, input, text=None)``: the model calls a tool (``stop_reason: tool_use``); the
   CLI then runs the tool and sends another request with the ``tool_result``.
 - ``ApiError(status=529, ...)``: an HTTP error with an Anthropic-shaped JSON body.
@@ -67,6 +68,8 @@ class Reply:
     chunks: int = 3
     delay: float = 0.0
     chunk_delay: float = 0.0
+    # Answer only once this is set: a test holds a turn running for exactly as long as it needs.
+    release: asyncio.Event | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -299,6 +302,9 @@ class FakeAnthropic:
         delay = getattr(behaviour, "delay", 0.0)
         if delay:
             await asyncio.sleep(delay)
+        release = getattr(behaviour, "release", None)
+        if release is not None:
+            await release.wait()
         if isinstance(behaviour, ApiError):
             resp = _error_response(behaviour.status, behaviour.type, behaviour.message)
             resp.headers["request-id"] = req_id

@@ -27,6 +27,8 @@ def make_conversations(
     access: AccessPolicy | None = None,
     metrics: BotMetrics | None = None,
     timeout_s: float = 60.0,
+    spend: Any = None,
+    cron_tz: str = "",
 ) -> Conversations:
     return Conversations(
         store=store,
@@ -39,4 +41,6 @@ def make_conversations(
         runner=runner,
         approvals=approvals,
         timeout_s=timeout_s,
+        spend=spend,
+        cron_tz=cron_tz,
     )

@@ -219,6 +219,20 @@ def test_plain_reply_without_thread_is_not_a_thread() -> None:
     assert parse_message_event(env, BOT).thread_root is None
 
 
+def test_a_reply_names_the_message_it_quotes() -> None:
+    env = envelope({"text": "quoted reply"}, root_id="om_root")
+    env["event"]["message"]["parent_id"] = "om_parent"
+    assert parse_message_event(env, BOT).parent_id == "om_parent"
+    assert parse_message_event(envelope({"text": "new"}), BOT).parent_id is None
+
+
+def test_in_a_topic_only_a_reply_to_another_message_is_a_quote() -> None:
+    env = envelope({"text": "in topic"}, chat_type="group", thread_id="omt_1", root_id="om_root")
+    assert parse_message_event(env, BOT).parent_id is None  # its parent is the topic's root
+    env["event"]["message"]["parent_id"] = "om_middle"
+    assert parse_message_event(env, BOT).parent_id == "om_middle"
+
+
 @pytest.mark.parametrize(
     "msg_type",
     ["image", "file", "audio", "media", "sticker", "interactive", "share_chat", "merge_forward"],

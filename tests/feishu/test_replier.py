@@ -365,3 +365,36 @@ async def test_secrets_never_logged(sim: Any, sleeps: Sleeps, user_msg: str) -> 
     assert lines  # something was logged (the retry warnings)
     assert APP_SECRET not in text
     assert token not in text
+
+
+# -- reading a message, and replying to a recalled one (issue 18) ------------------------------
+
+
+async def test_get_message_asks_for_cards_as_their_content(
+    sim: Any, replier: FeishuReplier, user_msg: str
+) -> None:
+    item = await replier.get_message(user_msg)
+    assert item["message_id"] == user_msg and item["msg_type"] == "text"
+    [request] = requests_to(sim, "GET", f"/messages/{user_msg}$")
+    assert request.query == {"card_msg_content_type": "user_card_content"}
+    sim.reads.group_msg_scope = False
+    other = await sim.push_message(text="theirs", chat_type="group", sender_open_id="ou_b")
+    with pytest.raises(FeishuApiError) as caught:
+        await replier.get_message(other)
+    assert caught.value.code == 230027
+
+
+async def test_a_reply_to_a_recalled_message_goes_to_its_chat(
+    sim: Any, replier: FeishuReplier
+) -> None:
+    mid = await sim.push_message(text="do it", chat_id="oc_r")
+    replier.note_chat(mid, "oc_r")  # as dispatch does for every inbound message
+    await sim.recall(mid)
+    new_id = await replier.reply_text(mid, "the answer")
+    sent = sim.message(new_id)
+    assert (sent.chat_id, sent.reply_to, sim.message_text(sent)) == ("oc_r", None, "the answer")
+    unknown = await sim.push_message(text="x", chat_id="oc_s")  # its chat was never noted
+    await sim.recall(unknown)
+    with pytest.raises(FeishuApiError) as caught:
+        await replier.reply_text(unknown, "lost")
+    assert caught.value.code == 230011

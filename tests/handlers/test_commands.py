@@ -77,7 +77,7 @@ def test_parse_command_only_knows_its_table() -> None:
     assert parse_command("hello /new") is None
     assert set(COMMANDS) == {
         "help", "new", "stop", "status", "cd", "model", "sessions", "resume", "stats",
-        "permissions",
+        "permissions", "mode", "cron",
     }
 
 
