@@ -36,6 +36,7 @@ from feishu_bot.startup import (
 
 if TYPE_CHECKING:
     from feishu_bot.context import GatewayStatus
+    from feishu_bot.metrics import HealthSnapshot
 
 __all__ = ["Bot", "run_app"]
 
@@ -398,29 +399,36 @@ class Bot:
                 logger.error("shutdown: turns still not finished after {:g}s", KILL_BUDGET_S)
         logger.info("shutdown: turns drained in {:.1f}s", loop.time() - began)
 
-    def _metrics_snapshot(self) -> dict[str, Any]:
+    def _metrics_snapshot(self) -> HealthSnapshot:
+        from feishu_bot.metrics import HealthSnapshot
+
         status = self._gateway_status()
         stats = self.launcher.stats() if self.launcher else None
         counters = self.dispatcher.counters if self.dispatcher else None
-        return {
-            "active": stats.active if stats else 0,
-            "proc_busy": stats.active if stats else 0,
-            "proc_idle": stats.warm_idle if stats else 0,
-            "proc_closing": stats.closing if stats else 0,
-            "evictions": stats.evictions if stats else 0,
-            "cold": stats.cold_starts if stats else 0,
-            "queued": stats.queued if stats else 0,
-            "max": stats.max_concurrent if stats else 0,
-            "retried": stats.retried if stats else 0,
-            "stale": stats.stale_cleared if stats else 0,
-            "ws": status.connected,
+        common = {
+            "ws_connected": status.connected,
             "reconnects": status.reconnects,
+            "last_frame_at": status.last_frame_at,
             "duplicates": counters.duplicates_dropped if counters else 0,
-            "uptime": self._ctx.uptime_s if self._ctx is not None else 0.0,
-            "last_frame": status.last_frame_at,
+            "uptime_s": self._ctx.uptime_s if self._ctx is not None else 0.0,
             "alerts": self.alerts.gauges() if self.alerts else {},
-            "disk": self.alerts.disk_free() if self.alerts else {},
+            "disk_free": self.alerts.disk_free() if self.alerts else {},
         }
+        if stats is None:
+            return HealthSnapshot(**common)
+        return HealthSnapshot(
+            active=stats.active,
+            queued=stats.queued,
+            max_concurrent=stats.max_concurrent,
+            proc_busy=stats.active,
+            proc_idle=stats.warm_idle,
+            proc_closing=stats.closing,
+            evictions=stats.evictions,
+            cold_starts=stats.cold_starts,
+            retried=stats.retried,
+            stale_cleared=stats.stale_cleared,
+            **common,
+        )
 
     async def health_status(self) -> dict[str, Any]:
         """The body of /healthz: healthy when the websocket is up and the database answers."""
@@ -429,21 +437,21 @@ class Bot:
             db_ok = bool(await self.store.ping()) if self.store else False
         except Exception:
             db_ok = False
-        healthy = bool(snap["ws"]) and db_ok and not self._stop.is_set()
+        healthy = snap.ws_connected and db_ok and not self._stop.is_set()
         last_ok = self._ctx.metrics.last_ok_at if self._ctx is not None else None
         return {
             "healthy": healthy,
             "version": __version__,
             "websocket": {
-                "connected": bool(snap["ws"]),
-                "reconnects": snap["reconnects"],
-                "last_frame_age_s": _age(snap["last_frame"]),
+                "connected": snap.ws_connected,
+                "reconnects": snap.reconnects,
+                "last_frame_age_s": _age(snap.last_frame_at),
             },
             "database": {"ok": db_ok},
-            "active": snap["active"],
-            "max_concurrent": snap["max"],
-            "queued": snap["queued"],
-            "uptime_s": round(snap["uptime"], 1),
+            "active": snap.active,
+            "max_concurrent": snap.max_concurrent,
+            "queued": snap.queued,
+            "uptime_s": round(snap.uptime_s, 1),
             "last_ok_turn_age_s": _age(last_ok),
             "alerts": self.alerts.active() if self.alerts else [],
             "stopping": self._stop.is_set(),

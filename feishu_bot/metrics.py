@@ -12,15 +12,15 @@ a rule computes the age with `time() - …` whatever the scrape interval.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 
 from loguru import logger
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["CONTENT_TYPE", "BotMetrics"]
+__all__ = ["CONTENT_TYPE", "BotMetrics", "HealthSnapshot"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _DURATION_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
@@ -30,9 +30,32 @@ _WAIT_BUCKETS = (0.01, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 OnTurn = Callable[[str, BaseException | None], None]
 
 
+@dataclass(frozen=True, slots=True)
+class HealthSnapshot:
+    """The bot's live numbers at one instant, read on every scrape and by /healthz."""
+
+    active: int = 0
+    queued: int = 0
+    max_concurrent: int = 0
+    proc_busy: int = 0
+    proc_idle: int = 0
+    proc_closing: int = 0
+    evictions: int = 0
+    cold_starts: int = 0
+    retried: int = 0
+    stale_cleared: int = 0
+    ws_connected: bool = False
+    reconnects: int = 0
+    duplicates: int = 0
+    uptime_s: float = 0.0
+    last_frame_at: float | None = None
+    alerts: Mapping[str, int] = field(default_factory=dict)  # condition -> 1 while active
+    disk_free: Mapping[str, int] = field(default_factory=dict)  # setting -> free bytes
+
+
 class _LiveCollector(Collector):
     def __init__(
-        self, snapshot: Callable[[], dict[str, Any]], last_ok: Callable[[], float | None]
+        self, snapshot: Callable[[], HealthSnapshot], last_ok: Callable[[], float | None]
     ) -> None:
         self._snapshot = snapshot
         self._last_ok = last_ok
@@ -41,42 +64,44 @@ class _LiveCollector(Collector):
         snap = self._snapshot()
         yield from self._liveness(snap)
         gauges = {
-            "feishu_bot_active_turns": ("claude processes running", snap.get("active", 0)),
-            "feishu_bot_queued_turns": ("turns waiting for a slot", snap.get("queued", 0)),
-            "feishu_bot_max_concurrent": ("cap on claude processes", snap.get("max", 0)),
-            "feishu_bot_websocket_connected": ("1 when connected", int(bool(snap.get("ws")))),
-            "feishu_bot_uptime_seconds": ("seconds since start", snap.get("uptime", 0.0)),
+            "feishu_bot_active_turns": ("claude processes running", snap.active),
+            "feishu_bot_queued_turns": ("turns waiting for a slot", snap.queued),
+            "feishu_bot_max_concurrent": ("cap on claude processes", snap.max_concurrent),
+            "feishu_bot_websocket_connected": ("1 when connected", int(snap.ws_connected)),
+            "feishu_bot_uptime_seconds": ("seconds since start", snap.uptime_s),
         }
         for name, (doc, value) in gauges.items():
             yield GaugeMetricFamily(name, doc, value=value)
         processes = GaugeMetricFamily(
             "feishu_bot_claude_processes", "live claude processes by state", labels=["state"]
         )
-        for state in ("busy", "idle", "closing"):
-            processes.add_metric([state], snap.get(f"proc_{state}", 0))
+        for state, count in (
+            ("busy", snap.proc_busy), ("idle", snap.proc_idle), ("closing", snap.proc_closing)
+        ):
+            processes.add_metric([state], count)
         yield processes
         counters = {
-            "feishu_bot_claude_retries": ("attempts retried", snap.get("retried", 0)),
-            "feishu_bot_stale_sessions_cleared": ("stale sessions cleared", snap.get("stale", 0)),
-            "feishu_bot_websocket_reconnects": ("websocket reconnects", snap.get("reconnects", 0)),
+            "feishu_bot_claude_retries": ("attempts retried", snap.retried),
+            "feishu_bot_stale_sessions_cleared": ("stale sessions cleared", snap.stale_cleared),
+            "feishu_bot_websocket_reconnects": ("websocket reconnects", snap.reconnects),
             "feishu_bot_claude_evictions": (
                 "idle warm processes closed to make room",
-                snap.get("evictions", 0),
+                snap.evictions,
             ),
-            "feishu_bot_claude_cold_starts": ("claude processes started", snap.get("cold", 0)),
+            "feishu_bot_claude_cold_starts": ("claude processes started", snap.cold_starts),
             "feishu_bot_duplicate_deliveries_dropped": (
                 "redelivered events dropped",
-                snap.get("duplicates", 0),
+                snap.duplicates,
             ),
         }
         for name, (doc, value) in counters.items():
             yield CounterMetricFamily(name, doc, value=value)
 
-    def _liveness(self, snap: dict[str, Any]) -> Iterator[Metric]:
+    def _liveness(self, snap: HealthSnapshot) -> Iterator[Metric]:
         yield GaugeMetricFamily(
             "feishu_bot_websocket_last_frame_timestamp_seconds",
             "when the last frame (event, pong) came from Feishu, epoch seconds; 0 = never",
-            value=snap.get("last_frame") or 0.0,
+            value=snap.last_frame_at or 0.0,
         )
         yield GaugeMetricFamily(
             "feishu_bot_last_ok_turn_timestamp_seconds",
@@ -88,7 +113,7 @@ class _LiveCollector(Collector):
             "1 while an alert condition is active (see FEISHU_ADMIN_CHAT)",
             labels=["condition"],
         )
-        for condition, value in sorted(snap.get("alerts", {}).items()):
+        for condition, value in sorted(snap.alerts.items()):
             alerts.add_metric([condition], value)
         yield alerts
         disk = GaugeMetricFamily(
@@ -96,7 +121,7 @@ class _LiveCollector(Collector):
             "free bytes where the directory a setting names lives",
             labels=["directory"],
         )
-        for directory, free in sorted(snap.get("disk", {}).items()):
+        for directory, free in sorted(snap.disk_free.items()):
             disk.add_metric([directory], free)
         yield disk
 
@@ -105,7 +130,10 @@ class BotMetrics:
     """The bot's metrics: turn outcomes and histograms, plus live values read on scrape."""
 
     def __init__(
-        self, snapshot: Callable[[], dict[str, Any]] = dict, *, on_turn: OnTurn | None = None
+        self,
+        snapshot: Callable[[], HealthSnapshot] = HealthSnapshot,
+        *,
+        on_turn: OnTurn | None = None,
     ) -> None:
         """`on_turn(outcome, error)` hears of every finished turn (it must not block)."""
         self.registry = CollectorRegistry(auto_describe=True)
@@ -139,10 +167,6 @@ class BotMetrics:
         )
         self._live = _LiveCollector(snapshot, lambda: self.last_ok_at)
         self.registry.register(self._live)
-
-    def bind(self, snapshot: Callable[[], dict[str, Any]]) -> None:
-        """Set the live snapshot source once the components exist."""
-        self._live._snapshot = snapshot
 
     def turn_finished(
         self,

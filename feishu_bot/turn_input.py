@@ -22,6 +22,7 @@ it needs (the store, the settings, the replier) is handed in as `InputServices`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -261,9 +262,10 @@ async def prepare_turn_input(
                         reason="too_large",
                         kind="image",
                     )
-                media_type = check_image(
-                    dest.read_bytes(), label=label[:1].upper() + label[1:]
-                )  # one image in memory at a time, only while it is checked
+                # one image in memory at a time, only while it is checked; read off the loop
+                data = await asyncio.to_thread(dest.read_bytes)
+                media_type = check_image(data, label=label[:1].upper() + label[1:])
+                del data
                 blocks.append(_image_block(media_type, ImageFile(dest, size)))
                 image_no += 1
             elif att.kind in ("file", "audio", "media"):
