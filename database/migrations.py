@@ -109,9 +109,13 @@ _V1_STATEMENTS: Final = (
 )
 
 
-async def _v1_initial_schema(conn: aiosqlite.Connection) -> None:
-    for statement in _V1_STATEMENTS:
+async def _execute_all(conn: aiosqlite.Connection, statements: tuple[str, ...]) -> None:
+    for statement in statements:
         await conn.execute(statement)
+
+
+async def _v1_initial_schema(conn: aiosqlite.Connection) -> None:
+    await _execute_all(conn, _V1_STATEMENTS)
 
 
 _V2_STATEMENTS: Final = (
@@ -149,8 +153,7 @@ _V2_STATEMENTS: Final = (
 
 
 async def _v2_warm_cards_files(conn: aiosqlite.Connection) -> None:
-    for statement in _V2_STATEMENTS:
-        await conn.execute(statement)
+    await _execute_all(conn, _V2_STATEMENTS)
 
 
 _V3_STATEMENTS: Final = (
@@ -184,8 +187,7 @@ _V3_STATEMENTS: Final = (
 
 
 async def _v3_scoped_grants(conn: aiosqlite.Connection) -> None:
-    for statement in _V3_STATEMENTS:
-        await conn.execute(statement)
+    await _execute_all(conn, _V3_STATEMENTS)
 
 
 _V4_STATEMENTS: Final = (
@@ -217,8 +219,7 @@ _V4_STATEMENTS: Final = (
 
 
 async def _v4_kept_attachments(conn: aiosqlite.Connection) -> None:
-    for statement in _V4_STATEMENTS:
-        await conn.execute(statement)
+    await _execute_all(conn, _V4_STATEMENTS)
 
 
 _V5_STATEMENTS: Final = (
@@ -259,8 +260,7 @@ _V5_STATEMENTS: Final = (
 
 
 async def _v5_cron_modes_quotes(conn: aiosqlite.Connection) -> None:
-    for statement in _V5_STATEMENTS:
-        await conn.execute(statement)
+    await _execute_all(conn, _V5_STATEMENTS)
 
 
 STEPS: Final[tuple[Step, ...]] = (

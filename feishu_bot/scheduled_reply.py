@@ -20,6 +20,8 @@ from typing import Any
 
 from feishu_bot.cron_schedule import format_time, zone
 from feishu_bot.feishu.render import text_content
+from feishu_bot.feishu.reply_shortcuts import ReplyShortcuts
+from feishu_bot.keys import ConversationKey
 
 __all__ = ["ScheduledReplier", "header_text", "post_to_conversation", "scheduled_replier"]
 
@@ -27,11 +29,9 @@ _PROMPT_SHOWN = 200
 
 
 def _chat_and_root(conversation_key: str) -> tuple[str, str | None]:
-    """(chat_id, topic root or None) of a key ``p2p:<chat>``, ``group:<chat>`` or
-    ``thread:<chat>:<root>`` (events.conversation_key)."""
-    kind, _, rest = conversation_key.partition(":")
-    chat_id, _, root = rest.partition(":")
-    return chat_id, (root or None) if kind == "thread" else None
+    """(chat_id, topic root or None) of a conversation."""
+    key = ConversationKey.parse(conversation_key)
+    return key.chat_id, key.thread_root
 
 
 def header_text(job_id: int, due: float, prompt: str, tz_name: str = "") -> str:
@@ -51,7 +51,7 @@ async def post_to_conversation(replier: Any, conversation_key: str, text: str) -
     return str(await replier.send(chat_id, "text", text_content(text)))
 
 
-class ScheduledReplier:
+class ScheduledReplier(ReplyShortcuts):
     """The bot's replier, with replies to one run's message id redirected (see the module)."""
 
     def __init__(self, replier: Any, run_id: str, conversation_key: str, header: str) -> None:
@@ -94,29 +94,6 @@ class ScheduledReplier:
         return str(
             await self._replier.reply(message_id, msg_type, content, in_thread=in_thread, uuid=uuid)
         )
-
-    async def reply_text(
-        self, message_id: str, text: str, *, in_thread: bool = False, uuid: str | None = None
-    ) -> str:
-        return await self.reply(
-            message_id, "text", text_content(text), in_thread=in_thread, uuid=uuid
-        )
-
-    async def reply_card(
-        self,
-        message_id: str,
-        card: dict[str, Any],
-        *,
-        in_thread: bool = False,
-        uuid: str | None = None,
-    ) -> str:
-        return await self.reply(message_id, "interactive", card, in_thread=in_thread, uuid=uuid)
-
-    async def reply_card_entity(
-        self, message_id: str, card_id: str, *, in_thread: bool = False, uuid: str | None = None
-    ) -> str:
-        content = {"type": "card", "data": {"card_id": card_id}}
-        return await self.reply(message_id, "interactive", content, in_thread=in_thread, uuid=uuid)
 
     async def add_reaction(self, message_id: str, emoji_type: str) -> str:
         if message_id == self._run_id:

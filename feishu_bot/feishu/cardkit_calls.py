@@ -1,7 +1,7 @@
 """The CardKit calls of the replier: card entities (scope cardkit:card:write; Card JSON 2.0).
 
 `CardKitCalls` is a base class of `FeishuReplier` and uses its plumbing (`_call` with its
-token, retries and pacing; `reply`). Every operation on one card carries a `sequence` that
+token, retries and pacing). Every operation on one card carries a `sequence` that
 must increase strictly; the caller (cardkit_stream.CardKitStream) owns it. `uuid` makes a
 retried operation idempotent.
 """
@@ -23,7 +23,6 @@ class CardKitCalls:
 
     # Provided by FeishuReplier.
     _call: Callable[..., Awaitable[dict[str, Any]]]
-    reply: Callable[..., Awaitable[str]]
 
     async def create_card_entity(self, card: dict[str, Any]) -> str:
         """POST /cardkit/v1/cards; returns the card_id (send it with `reply_card_entity`)."""
@@ -34,13 +33,6 @@ class CardKitCalls:
             op="cardkit_create",
         )
         return data_str(body, "card_id", "cardkit_create")
-
-    async def reply_card_entity(
-        self, message_id: str, card_id: str, *, in_thread: bool = False, uuid: str | None = None
-    ) -> str:
-        """Reply with a card entity (it can be sent once); returns the new message id."""
-        content = {"type": "card", "data": {"card_id": card_id}}
-        return await self.reply(message_id, "interactive", content, in_thread=in_thread, uuid=uuid)
 
     async def stream_card_text(
         self,

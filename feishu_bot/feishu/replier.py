@@ -52,6 +52,7 @@ from feishu_bot.errors import (
 from feishu_bot.feishu.cardkit_calls import CardKitCalls, data_str, new_uuid
 from feishu_bot.feishu.pacing import Pacer
 from feishu_bot.feishu.render import body_dumps, dumps, text_content
+from feishu_bot.feishu.reply_shortcuts import ReplyShortcuts
 
 __all__ = ["RATE_LIMIT_CODES", "TOKEN_INVALID_CODES", "FeishuReplier"]
 
@@ -68,7 +69,7 @@ Sleep = Callable[[float], Awaitable[None]]
 FormFactory = Callable[[], aiohttp.FormData]
 
 
-class FeishuReplier(CardKitCalls):
+class FeishuReplier(CardKitCalls, ReplyShortcuts):
     """One client per app; share it. Use `async with` or call `aclose()`."""
 
     def __init__(
@@ -263,23 +264,6 @@ class FeishuReplier(CardKitCalls):
             f"/open-apis/im/v1/messages/{message_id}/reactions/{reaction_id}",
             op="remove_reaction",
         )
-
-    async def reply_text(
-        self, message_id: str, text: str, *, in_thread: bool = False, uuid: str | None = None
-    ) -> str:
-        return await self.reply(
-            message_id, "text", text_content(text), in_thread=in_thread, uuid=uuid
-        )
-
-    async def reply_card(
-        self,
-        message_id: str,
-        card: dict[str, Any],
-        *,
-        in_thread: bool = False,
-        uuid: str | None = None,
-    ) -> str:
-        return await self.reply(message_id, "interactive", card, in_thread=in_thread, uuid=uuid)
 
     async def send_text(self, chat_id: str, text: str, *, uuid: str | None = None) -> str:
         return await self.send(chat_id, "text", text_content(text), uuid=uuid)
